@@ -1,0 +1,10 @@
+"""loraboost: fine-tune by boosting low-rank adapters (XGBLoRA, COLA, RAC-LoRA, ReLoRA, LoRA).
+Public names only; see Booster for the training loop and BoostCallback for transformers' Trainer."""
+
+from .booster import Booster
+from .config import PRESETS, BoostConfig
+from .hf import BoostCallback
+from .ledger import Ledger, LedgerEntry
+
+__all__ = ["BoostConfig", "Booster", "BoostCallback", "Ledger", "LedgerEntry", "PRESETS"]
+__version__ = "0.1.0"

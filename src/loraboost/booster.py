@@ -1,0 +1,235 @@
+"""Booster: puts PEFT LoRA boosters on a model and runs the round changes of a boosting run
+(merge into the base weights in fp32, re-initialise in place, reset the optimizer state, pick layers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import BoostConfig
+from .ledger import Ledger
+from .merge import add_delta_, lora_delta
+from .optim import make_lr_scheduler, reset_optimizer_state
+from .plan import RoundPlan, round_generator
+from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, resolve_targets
+
+ADAPTER = "default"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One target module's booster: the PEFT LoRA layer and its two factor Parameters, which stay
+    the same objects for the whole run (an optimizer built once keeps holding them)."""
+
+    name: str  # as in the base model, e.g. "model.layers.0.self_attn.q_proj"
+    layer: str  # the block it sits in, a key of the plan
+    lora: LoraLayer
+    A: nn.Parameter  # (r, in)
+    B: nn.Parameter  # (out, r)
+
+    @property
+    def base_weight(self) -> nn.Parameter:
+        return self.lora.get_base_layer().weight
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return bool(self.lora.fan_in_fan_out)
+
+
+class Booster:
+    """Boosts low-rank adapters on ``model``: train a booster, merge it, start a fresh one, repeat.
+
+    Use ``booster.model`` (a ``peft.PeftModel``) for training, build the optimizer from
+    ``booster.parameters()``, and call ``booster.step(optimizer)`` after every optimizer step
+    (``BoostCallback`` does it under ``transformers.Trainer``).
+
+    XGBLoRA's norm penalty lambda * (||A||^2 + ||B||^2) of the live booster is added to ``outputs.loss``
+    by a forward hook whenever the model computes its own loss while training with gradients on; a
+    loop that computes its loss from the logits adds ``booster.penalty()`` itself.
+
+    Args:
+        model: a transformers (or any torch) model without adapters; it is wrapped in place.
+        config: the BoostConfig; ``BoostConfig()`` (XGBLoRA) when None.
+        total_steps: the run's number of optimizer steps, needed when ``rounds`` is set without
+            ``steps_per_round``; ``BoostCallback`` passes the Trainer's.
+    """
+
+    def __init__(self, model: nn.Module, config: BoostConfig | None = None, *, total_steps: int | None = None):
+        self.config = config if config is not None else BoostConfig()
+        if not isinstance(self.config, BoostConfig):
+            raise TypeError(f"config must be a BoostConfig, got {type(self.config).__name__}.")
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"total_steps={total_steps!r} is not valid; use an integer >= 1 or None.")
+        refuse_existing_adapters(model)
+        cfg = self.config
+        targets = resolve_targets(model, cfg.target_modules, cfg.layers_pattern)
+        if cfg.layers_per_round is None:
+            layer_of = dict.fromkeys(targets, ALL_LAYERS)
+        else:
+            layer_of = layer_keys_of(model, targets, cfg.layers_pattern)
+        layer_keys = tuple(dict.fromkeys(layer_of.values()))
+
+        lora_config = LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+            fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
+            modules_to_save=cfg.modules_to_save, bias="none", init_lora_weights=True,
+        )
+        self.model: PeftModel = get_peft_model(model, lora_config, adapter_name=ADAPTER)
+        base = self.model.get_base_model()
+        self.slots: tuple[Slot, ...] = tuple(
+            Slot(name, layer_of[name], lora, lora.lora_A[ADAPTER].weight, lora.lora_B[ADAPTER].weight)
+            for name, lora in ((n, base.get_submodule(n)) for n in targets)
+        )
+        # The frozen factor of RAC-LoRA never trains: it is frozen once, here, and never toggled.
+        for slot in self.slots:
+            if cfg.frozen_factor == "A":
+                slot.A.requires_grad_(False)
+            elif cfg.frozen_factor == "B":
+                slot.B.requires_grad_(False)
+
+        self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots})
+        self.plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
+                              cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
+        self.round = 0  # index of the live round
+        self.global_step = 0  # optimizer steps taken so far
+        self._checked_optimizer: weakref.ref | None = None
+        self._initialise(self.slots, round_index=0)
+        self._activate(self.plan.layers(0))
+        if cfg.norm_penalty > 0:
+            self.model.register_forward_hook(self._add_penalty_to_loss)
+
+    # ------------------------------------------------------------------ public API
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimizer must hold: all booster factors that train (idle ones
+        included, whose gradient stays None) and any ``modules_to_save``."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def live_slots(self) -> tuple[Slot, ...]:
+        """The boosters of the live round."""
+        layers = set(self.plan.layers(self.round))
+        return tuple(s for s in self.slots if s.layer in layers)
+
+    @property
+    def scaling(self) -> float:
+        """The scale of a merged round's update: merge_scale * alpha / r."""
+        return self.config.merge_scale * self.config.scaling
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Tell the plan the run's length (places COLA's knots when only ``rounds`` is set)."""
+        if self.global_step > 0 and total_steps != self.plan.total_steps and self.config.steps_per_round is None:
+            raise RuntimeError(
+                f"total_steps cannot change from {self.plan.total_steps} to {total_steps} after training started; "
+                "it places the round ends."
+            )
+        self.plan = dataclasses.replace(self.plan, total_steps=total_steps)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Count one optimizer step; at the end of a round, merge it and start the next one.
+
+        Call after ``optimizer.step()``. Returns True when this call ended a round.
+        """
+        self._check_optimizer(optimizer)
+        self.global_step += 1
+        end = self.plan.round_end(self.round)
+        if end is None or self.global_step < end:
+            return False
+        self._change_round(optimizer)
+        return True
+
+    def penalty(self) -> torch.Tensor:
+        """lambda * sum of ||A||^2 + ||B||^2 over the live booster's trainable factors."""
+        lam = self.config.norm_penalty
+        terms = [p.pow(2).sum() for s in self.live_slots for p in (s.A, s.B) if p.requires_grad]
+        return lam * torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                     decay: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
+        """A LambdaLR for a plain loop: linear warm-up, then ``decay`` over ``total_steps``, times the
+        per-round jagged factor when ``config.lr_schedule == "per_round"``."""
+        if self.plan.total_steps is None:
+            self.set_total_steps(total_steps)
+        return make_lr_scheduler(optimizer, self.plan, self.config.lr_schedule, self.config.round_warmup_steps,
+                                 total_steps, warmup_steps, decay)
+
+    # ------------------------------------------------------------------ round change
+    @torch.no_grad()
+    def _change_round(self, optimizer: torch.optim.Optimizer) -> None:
+        finished = self.live_slots
+        scale = self.scaling
+        for slot in finished:
+            add_delta_(slot.base_weight, lora_delta(slot.A, slot.B, scale, slot.fan_in_fan_out))
+            self.ledger.append(self.round, slot.name, scale, slot.A, slot.B)
+        self.round += 1
+        self._initialise(finished, self.round)
+        reset_optimizer_state(optimizer, [p for s in finished for p in (s.A, s.B)],
+                              self.config.optimizer_reset, self.config.prune_ratio)
+        self._activate(self.plan.layers(self.round))
+
+    @torch.no_grad()
+    def _initialise(self, slots: tuple[Slot, ...], round_index: int) -> None:
+        """Fresh factors, in place: the product is zero (the model is unchanged) but its gradient is not.
+
+        A gets PEFT's default (kaiming-uniform, the nn.Linear init) and B zeros; with frozen_factor="B"
+        the roles swap. Drawn from a generator of (seed, round) so every rank draws the same.
+        """
+        generator = round_generator(self.config.seed, round_index, "init")
+        for slot in slots:
+            random, zero = (slot.B, slot.A) if self.config.frozen_factor == "B" else (slot.A, slot.B)
+            bound = 1.0 / math.sqrt(slot.A.shape[1])  # kaiming_uniform_(a=sqrt(5)) on (r, in)
+            sample = torch.empty(random.shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+            random.copy_(sample)
+            zero.zero_()
+
+    def _activate(self, layers: tuple[str, ...]) -> None:
+        """Run the adapters of ``layers`` and skip all others in the forward pass.
+
+        Skipping is done with PEFT's per-layer disable flag set directly, not ``enable_adapters``,
+        which would also switch ``requires_grad`` off: an optimizer or DDP built once from the
+        parameters requiring grad would then never train later rounds (PAPERS.md, pitfall 3).
+        Skipped adapters do no compute and get no gradient (None), which optimizers skip.
+        """
+        chosen = set(layers)
+        for slot in self.slots:
+            slot.lora._disable_adapters = slot.layer not in chosen
+
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._checked_optimizer is not None and self._checked_optimizer() is optimizer:
+            return
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        missing = [names.get(id(p), "?") for p in self.parameters() if id(p) not in held]
+        if missing:
+            raise ValueError(
+                f"the optimizer passed to step() does not hold {len(missing)} of the booster's "
+                f"{len(self.parameters())} trainable parameters (e.g. {missing[0]!r}); build it from "
+                "booster.parameters() after creating the Booster, or later rounds would silently train nothing."
+            )
+        self._checked_optimizer = weakref.ref(optimizer)
+
+    def _add_penalty_to_loss(self, module, args, output):
+        if module.training and torch.is_grad_enabled() and getattr(output, "loss", None) is not None:
+            output.loss = output.loss + self.penalty().to(output.loss.device)
+        return output
+
+
+def _count_layers(layers_per_round: int | float | None, n_layers: int) -> int:
+    """L_s as a count: None is every layer, a fraction is rounded (at least 1)."""
+    if layers_per_round is None:
+        return n_layers
+    if isinstance(layers_per_round, float):
+        return max(1, round(layers_per_round * n_layers))
+    if layers_per_round > n_layers:
+        raise ValueError(
+            f"layers_per_round={layers_per_round} is larger than the model's {n_layers} layers; "
+            f"use at most {n_layers}, or a fraction in (0, 1]."
+        )
+    return layers_per_round

@@ -1,0 +1,206 @@
+"""BoostConfig, the one source of truth for a boosting run, and the method presets.
+Every field is validated on construction; a bad value raises ValueError naming it and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class _FromPreset:
+    """Marks a field the chosen method's preset fills in (so an explicit None still means None)."""
+
+    def __repr__(self) -> str:
+        return "<from preset>"
+
+
+FROM_PRESET: Any = _FromPreset()
+
+# What each method means, as defaults of the one engine (see PAPERS.md). Every value can be
+# overridden; the unknowns of the papers (round length, scaling at rank 1, ...) are only defaults.
+_BASE = dict(rank=8, rounds=1, steps_per_round=None, layers_per_round=None, target_modules=None,
+             optimizer_reset="reset", prune_ratio=0.99, lr_schedule="global", round_warmup_steps=0,
+             frozen_factor="none")
+PRESETS: dict[str, dict[str, Any]] = {
+    # Plain LoRA: a single round that is never merged.
+    "lora": dict(_BASE),
+    # COLA (Xia et al. 2024): a chain of 3 links of rank 8, merged at evenly spaced knots,
+    # with the optimizer state reset at each knot.
+    "cola": dict(_BASE, rounds=3),
+    # XGBLoRA (Zhang et al. 2024): rank-1 boosters on all linear layers of a random third
+    # of the blocks, kappa steps each, merged with step size 1.
+    "xgblora": dict(_BASE, rank=1, rounds=None, steps_per_round=50, layers_per_round=1 / 3,
+                    target_modules="all-linear"),
+    # RAC-LoRA (Malinovsky et al. 2024): A is a fresh random matrix kept frozen, B trains from 0.
+    "raclora": dict(_BASE, rounds=3, frozen_factor="A"),
+    # ReLoRA (Lialin et al. 2024): merge and re-init with 99% magnitude pruning of the optimizer
+    # moments and a jagged schedule that re-warms the learning rate after every merge.
+    "relora": dict(_BASE, rounds=4, optimizer_reset="prune", lr_schedule="per_round",
+                   round_warmup_steps=0.1),
+}
+
+OPTIMIZER_RESETS = ("reset", "keep", "prune")
+LR_SCHEDULES = ("global", "per_round")
+FROZEN_FACTORS = ("none", "A", "B")
+
+
+@dataclass
+class BoostConfig:
+    """How to boost low-rank adapters: which method, which modules, how many rounds.
+
+    Fields left unset take the preset of ``method`` (see ``PRESETS``); any field may be set
+    explicitly to override it. Fine-tuning runs in rounds: each round trains a fresh rank-``rank``
+    LoRA booster on ``target_modules`` of ``layers_per_round`` randomly chosen layers, merges it
+    into the base weights with ``merge_scale`` and starts the next one.
+
+    Args:
+        method: ``lora``, ``cola``, ``xgblora``, ``raclora`` or ``relora``.
+        rank: LoRA rank ``r`` of each booster.
+        alpha: LoRA ``lora_alpha``; the booster's scaling is ``alpha / rank``. Default ``2 * rank``.
+        dropout: LoRA dropout on the booster's input.
+        target_modules: ``"all-linear"``, a list of module-name suffixes, a regular expression
+            (PEFT's semantics), or None for PEFT's default of the architecture (e.g. q/v projections).
+        modules_to_save: extra modules trained in every round and never merged (e.g. a classifier).
+        layers_pattern: name of the ModuleList holding the transformer blocks (``"layers"`` for
+            Llama, ``"h"`` for GPT-2); found automatically when None.
+        rounds: number of rounds T. With only ``rounds``, the round ends are spread evenly over the
+            run's total steps (COLA's knots). With ``steps_per_round`` too, at most T rounds of kappa.
+        steps_per_round: kappa, optimizer steps per round; None to derive it from ``rounds``.
+        layers_per_round: L_s, the blocks a round's booster is placed on: a count, a fraction of all
+            blocks in (0, 1], or None for every block.
+        merge_scale: alpha_t, the step size of a merge: W <- W + alpha_t * (alpha / r) * B A.
+        norm_penalty: lambda of XGBLoRA's penalty lambda * (||A||^2 + ||B||^2) on the live booster.
+        optimizer_reset: at a round change, ``reset`` drops the booster's optimizer state, ``keep``
+            keeps it, ``prune`` zeroes the ``prune_ratio`` smallest-magnitude entries (ReLoRA).
+        prune_ratio: share of optimizer-state entries zeroed by ``prune``, in [0, 1).
+        lr_schedule: ``global`` (one schedule over the run) or ``per_round`` (jagged: every round
+            re-warms from zero over ``round_warmup_steps`` and decays by a cosine to zero).
+        round_warmup_steps: per-round warm-up, in steps (int) or as a fraction of a round in [0, 1).
+        frozen_factor: ``none``; ``A`` keeps a fresh random A frozen and trains B from zero
+            (RAC-LoRA); ``B`` keeps a random B frozen and trains A from zero.
+        seed: seeds the plan (which layers a round uses) and every booster initialisation, so that
+            all data-parallel ranks draw the same.
+    """
+
+    method: str = "xgblora"
+    rank: int = FROM_PRESET
+    alpha: float | None = None
+    dropout: float = 0.0
+    target_modules: str | list[str] | None = FROM_PRESET
+    modules_to_save: list[str] | None = None
+    layers_pattern: str | None = None
+    rounds: int | None = FROM_PRESET
+    steps_per_round: int | None = FROM_PRESET
+    layers_per_round: int | float | None = FROM_PRESET
+    merge_scale: float = 1.0
+    norm_penalty: float = 0.0
+    optimizer_reset: str = FROM_PRESET
+    prune_ratio: float = FROM_PRESET
+    lr_schedule: str = FROM_PRESET
+    round_warmup_steps: int | float = FROM_PRESET
+    frozen_factor: str = FROM_PRESET
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in PRESETS:
+            raise ValueError(
+                f"method={self.method!r} is not a known method; use one of {', '.join(PRESETS)}."
+            )
+        for name, value in PRESETS[self.method].items():
+            if getattr(self, name) is FROM_PRESET:
+                setattr(self, name, value)
+        if self.alpha is None and isinstance(self.rank, int):
+            self.alpha = 2.0 * self.rank
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        _check_int(self.rank, "rank", minimum=1)
+        _check_number(self.alpha, "alpha", lambda v: v > 0, "a positive number")
+        _check_number(self.dropout, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        t = self.target_modules
+        if not (t is None or isinstance(t, str) and t or
+                isinstance(t, (list, tuple)) and t and all(isinstance(x, str) and x for x in t)):
+            raise ValueError(
+                f"target_modules={t!r} is not valid; use 'all-linear', a non-empty list of module "
+                "names, a regular expression, or None for the architecture's default."
+            )
+        if isinstance(t, tuple):
+            self.target_modules = list(t)
+        m = self.modules_to_save
+        if m is not None and not (isinstance(m, (list, tuple)) and all(isinstance(x, str) for x in m)):
+            raise ValueError(f"modules_to_save={m!r} is not valid; use a list of module names or None.")
+        if self.layers_pattern is not None and not (isinstance(self.layers_pattern, str) and self.layers_pattern):
+            raise ValueError(
+                f"layers_pattern={self.layers_pattern!r} is not valid; use the name of the ModuleList "
+                "that holds the blocks (e.g. 'layers' or 'h') or None."
+            )
+        if self.rounds is not None:
+            _check_int(self.rounds, "rounds", minimum=1)
+        if self.steps_per_round is not None:
+            _check_int(self.steps_per_round, "steps_per_round", minimum=1)
+        if self.rounds is None and self.steps_per_round is None:
+            raise ValueError(
+                "rounds=None and steps_per_round=None leave the round length undefined; set rounds "
+                "(spread over the run) or steps_per_round (kappa)."
+            )
+        lpr = self.layers_per_round
+        if lpr is not None:
+            if isinstance(lpr, bool) or not isinstance(lpr, (int, float)):
+                raise ValueError(
+                    f"layers_per_round={lpr!r} is not valid; use a count >= 1, a fraction in (0, 1], or None."
+                )
+            if isinstance(lpr, int) and lpr < 1 or isinstance(lpr, float) and not 0 < lpr <= 1:
+                raise ValueError(
+                    f"layers_per_round={lpr!r} is out of range; use a count >= 1, a fraction in (0, 1], or None."
+                )
+        _check_number(self.merge_scale, "merge_scale", lambda v: v > 0, "a positive number")
+        _check_number(self.norm_penalty, "norm_penalty", lambda v: v >= 0, "a number >= 0")
+        _check_choice(self.optimizer_reset, "optimizer_reset", OPTIMIZER_RESETS)
+        _check_number(self.prune_ratio, "prune_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        w = self.round_warmup_steps
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or (
+            isinstance(w, int) and w < 0 or isinstance(w, float) and not 0 <= w < 1
+        ):
+            raise ValueError(
+                f"round_warmup_steps={w!r} is not valid; use a step count >= 0 or a fraction of a round in [0, 1)."
+            )
+        _check_choice(self.frozen_factor, "frozen_factor", FROZEN_FACTORS)
+        _check_int(self.seed, "seed", minimum=0)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def scaling(self) -> float:
+        """The booster's LoRA scaling s = alpha / r (PEFT's convention)."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        """All resolved fields, JSON-serialisable."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BoostConfig:
+        """Rebuild a config from ``to_dict()`` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown BoostConfig field(s) {unknown}; known fields are {sorted(names)}.")
+        return cls(**data)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not valid; use an integer >= {minimum}.")
+
+
+def _check_number(value: Any, name: str, ok, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name}={value!r} is not valid; use {allowed}.")
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; use one of {', '.join(map(repr, choices))}.")

@@ -1,0 +1,106 @@
+"""Which modules of a model carry boosters, and which block (layer) each one sits in.
+Resolves target_modules with PEFT's semantics and explains in one sentence when nothing fits."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+LINEAR_TYPES = (nn.Linear, Conv1D)
+ALL_LAYERS = "all"  # the one group used when every round covers every block
+
+
+def refuse_existing_adapters(model: nn.Module) -> None:
+    """Raise when ``model`` already carries PEFT adapters: a Booster must own every adapter it trains."""
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ValueError(
+            "the model already carries PEFT adapters; pass the plain base model to Booster "
+            "(for a PeftModel, use peft_model.merge_and_unload() or the model before get_peft_model)."
+        )
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Names of every nn.Linear and GPT-2 Conv1D in ``model``, in model order."""
+    return [name for name, module in model.named_modules() if isinstance(module, LINEAR_TYPES)]
+
+
+def resolve_targets(model: nn.Module, target_modules: str | Sequence[str] | None,
+                    layers_pattern: str | None = None) -> list[str]:
+    """Full names of the linear modules that ``target_modules`` selects.
+
+    ``None`` takes PEFT's default for the architecture; ``"all-linear"`` takes every linear module
+    inside the transformer blocks (so neither the LM head nor a classifier head); a list matches names
+    equal to an entry or ending in ``"." + entry``; any other string is a regular expression that
+    must match the whole name.
+    """
+    linear = linear_module_names(model)
+    if target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            raise ValueError(
+                f"there is no default target_modules for model type {model_type!r}; set target_modules, "
+                f"e.g. 'all-linear' or some of {_short_names(linear)}."
+            )
+        target_modules = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type]
+    if target_modules == "all-linear":
+        in_blocks = [n for n in linear if layer_key(model, n, layers_pattern) is not None]
+        chosen = in_blocks or _without_output_layer(model, linear)
+    elif isinstance(target_modules, str):
+        chosen = [n for n in linear if re.fullmatch(target_modules, n)]
+    else:
+        chosen = [n for n in linear if any(n == t or n.endswith("." + t) for t in target_modules)]
+    if not chosen:
+        raise ValueError(
+            f"target_modules={target_modules!r} matches no linear module of this model; "
+            f"its linear modules are {_short_names(linear)}."
+        )
+    return chosen
+
+
+def layer_key(model: nn.Module, name: str, layers_pattern: str | None = None) -> str | None:
+    """The block a module sits in, as ``"<container>.<index>"`` (e.g. ``model.layers.3``), or None.
+
+    The block is the outermost numbered child of a ModuleList on the module's path; with
+    ``layers_pattern``, only a ModuleList of that name counts.
+    """
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if not parts[i].isdigit():
+            continue
+        if layers_pattern is not None and parts[i - 1] != layers_pattern:
+            continue
+        if isinstance(model.get_submodule(".".join(parts[:i])), nn.ModuleList):
+            return ".".join(parts[: i + 1])
+    return None
+
+
+def layer_keys_of(model: nn.Module, targets: Sequence[str], layers_pattern: str | None) -> dict[str, str]:
+    """The block of every target module; raises a ValueError naming the first module without one."""
+    keys = {}
+    for name in targets:
+        key = layer_key(model, name, layers_pattern)
+        if key is None:
+            hint = (f"no ModuleList named {layers_pattern!r} holds it" if layers_pattern
+                    else "it is not inside a numbered ModuleList of blocks")
+            raise ValueError(
+                f"cannot tell which layer module {name!r} belongs to ({hint}); set layers_pattern to the name "
+                "of the ModuleList that holds the blocks (e.g. 'layers' for Llama, 'h' for GPT-2, 'layer' for "
+                "BERT), or leave this module out of target_modules."
+            )
+        keys[name] = key
+    return keys
+
+
+def _without_output_layer(model: nn.Module, names: list[str]) -> list[str]:
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [n for n in names if model.get_submodule(n) is not output]
+
+
+def _short_names(names: Sequence[str]) -> list[str]:
+    """Distinct last name parts (``q_proj``, ``c_attn``...), which is how users name targets."""
+    return sorted({n.rsplit(".", 1)[-1] for n in names})
