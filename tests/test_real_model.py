@@ -1,0 +1,55 @@
+"""Integration: the engine on the real SmolLM2-135M-Instruct (the embedded default), a few short rounds."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import base_weights
+from loraboost import Booster, BoostConfig
+from loraboost.assets import default_model_dir
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return default_model_dir()
+
+
+def test_xgblora_on_smollm2_merges_exactly_and_keeps_outputs(model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    booster = Booster(model, BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=3, seed=0))
+    assert len(booster.slots) == 30 * 7 and len(booster.live_slots) == 3 * 7
+    texts = ["a gorgeous, witty, seductive movie .", "the plot is nothing but boilerplate clichés ."]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    original = base_weights(booster)
+    opt = torch.optim.AdamW(booster.parameters(), lr=1e-3)
+    for step in range(4):
+        booster.model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        booster.model.eval()
+        with torch.no_grad():
+            before = booster.model(**batch).logits
+            changed = booster.step(opt)
+            after = booster.model(**batch).logits
+        booster.model.train()
+        assert changed == (step % 2 == 1)
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    assert len(booster.ledger) == 2
+    layer_of = {s.name: s.layer for s in booster.slots}
+    for r in booster.ledger.rounds():
+        assert {layer_of[m] for m in booster.ledger.modules(r)} == set(booster.plan.layers(r))
+    for name in booster.ledger.modules():
+        slot = next(s for s in booster.slots if s.name == name)
+        change = slot.base_weight.detach() - original[name]
+        delta = booster.ledger.delta(name)
+        # A one-step delta is ~1e-3 of these weights, so adding it rounds away ~half an fp32 ulp per
+        # element: the error must stay at that rounding level (relative to the weight, not the delta).
+        eps = torch.finfo(torch.float32).eps
+        assert (change - delta).norm() <= 2 * eps * slot.base_weight.detach().norm(), name
+    answer = tokenizer.decode(booster.model.generate(**tokenizer("The capital of France is", return_tensors="pt"),
+                                                     max_new_tokens=3, do_sample=False)[0])
+    assert "Paris" in answer  # four tiny merges leave the model's knowledge intact
