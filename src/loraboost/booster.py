@@ -88,12 +88,7 @@ class Booster:
             Slot(name, layer_of[name], lora, lora.lora_A[ADAPTER].weight, lora.lora_B[ADAPTER].weight)
             for name, lora in ((n, base.get_submodule(n)) for n in targets)
         )
-        # The frozen factor of RAC-LoRA never trains: it is frozen once, here, and never toggled.
-        for slot in self.slots:
-            if cfg.frozen_factor == "A":
-                slot.A.requires_grad_(False)
-            elif cfg.frozen_factor == "B":
-                slot.B.requires_grad_(False)
+        self._freeze_factors()
 
         self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots})
         self.plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
@@ -160,6 +155,53 @@ class Booster:
         return make_lr_scheduler(optimizer, self.plan, self.config.lr_schedule, self.config.round_warmup_steps,
                                  total_steps, warmup_steps, decay)
 
+    # ------------------------------------------------------------------ export and resume
+    def save_adapter(self, path, rank: int | None = None, overwrite: bool = False):
+        """Save everything learned so far (all merged rounds plus the live booster) as ONE standard
+        PEFT LoRA adapter that plain ``PeftModel.from_pretrained(original_base, path)`` loads.
+
+        The rank-r boosters of a module stack exactly into one LoRA of rank r * rounds (per-module
+        ranks in ``rank_pattern``, scaling 1). With ``rank=k`` each module's total update is cut to its
+        best rank-k approximation (truncated SVD), and ``loraboost.json`` records the relative
+        Frobenius error per module and in total. Refuses a non-empty folder unless ``overwrite``.
+        """
+        from .export import save_adapter
+
+        return save_adapter(self, path, rank=rank, overwrite=overwrite)
+
+    def save_merged(self, path, tokenizer=None, overwrite: bool = False):
+        """Save a plain transformers model folder with every update merged (safetensors and config,
+        and the tokenizer when given), loadable by ``AutoModel...from_pretrained`` without loraboost."""
+        from .export import save_merged
+
+        return save_merged(self, path, tokenizer=tokenizer, overwrite=overwrite)
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: ledger, live boosters, plan position (``{"meta", "tensors"}``)."""
+        from .checkpoint import booster_state
+
+        return booster_state(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()`` output: call on a fresh Booster built on the original base model
+        with the same config. Replays every merge in order, so the weights come back bit for bit; a
+        state for another architecture, shape or target set is refused before anything changes."""
+        from .checkpoint import load_booster_state
+
+        load_booster_state(self, state)
+
+    def save_state(self, path) -> None:
+        """Write ``state_dict()`` to one safetensors file, atomically."""
+        from .checkpoint import save_state_file
+
+        save_state_file(self, path)
+
+    def load_state(self, path) -> None:
+        """Read a file written by ``save_state`` and ``load_state_dict`` it."""
+        from .checkpoint import load_state_file
+
+        self.load_state_dict(load_state_file(path))
+
     # ------------------------------------------------------------------ round change
     @torch.no_grad()
     def _change_round(self, optimizer: torch.optim.Optimizer) -> None:
@@ -188,6 +230,15 @@ class Booster:
             sample = torch.empty(random.shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
             random.copy_(sample)
             zero.zero_()
+
+    def _freeze_factors(self) -> None:
+        """RAC-LoRA's frozen factor never trains: frozen for the whole run, never toggled per round.
+        Re-applied after loading a state, in case something in between called PEFT's ``set_adapter``,
+        which switches ``requires_grad`` on for every factor of the active adapter."""
+        frozen = self.config.frozen_factor
+        for slot in self.slots:
+            slot.A.requires_grad_(frozen != "A")
+            slot.B.requires_grad_(frozen != "B")
 
     def _activate(self, layers: tuple[str, ...]) -> None:
         """Run the adapters of ``layers`` and skip all others in the forward pass.

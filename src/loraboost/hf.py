@@ -3,9 +3,13 @@ Round changes happen in on_step_end, right after each optimizer step."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .booster import Booster
+from .checkpoint import STATE_FILE
 from .optim import compose_round_schedule
 
 
@@ -16,6 +20,11 @@ class BoostCallback(TrainerCallback):
     Trainer's optimizer holds every booster parameter, and, with ``lr_schedule="per_round"``, multiplies
     the Trainer's schedule by the jagged per-round factor. After every optimizer step it calls
     ``booster.step``, which merges the live booster and starts the next at the end of a round.
+
+    Every checkpoint folder the Trainer writes also gets ``loraboost_state.safetensors`` (the ledger of
+    merged rounds, the live boosters and the plan position): the Trainer itself saves only the adapter,
+    which would lose every merged round. ``trainer.train(resume_from_checkpoint=...)`` on a fresh
+    Booster over the original base model reads it back, so the run continues as if never stopped.
 
     Example::
 
@@ -31,6 +40,8 @@ class BoostCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         booster = self.booster
+        if state.global_step != booster.global_step:
+            self._resume(args, state)
         if booster.config.steps_per_round is None:
             booster.set_total_steps(state.max_steps)
         booster._check_optimizer(optimizer)
@@ -39,3 +50,23 @@ class BoostCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         self.booster.step(optimizer)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # every rank holds the same state
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.booster.save_state(folder / STATE_FILE)
+
+    def _resume(self, args, state) -> None:
+        """The Trainer resumed at ``state.global_step``: load the booster state saved beside it."""
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_FILE
+        if self.booster.global_step != 0:
+            raise RuntimeError(
+                f"the Trainer is at step {state.global_step} but the booster at step {self.booster.global_step}; "
+                "resume with a fresh Booster built on the original base model."
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"resuming at step {state.global_step} needs the booster state {path}, which is missing; without it "
+                "every merged round would be lost (was the checkpoint written without BoostCallback?)."
+            )
+        self.booster.load_state(path)

@@ -4,6 +4,7 @@ From it the total merged update of any module can be rebuilt, stacked or compres
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -70,3 +71,31 @@ class Ledger:
         if total is None:
             raise KeyError(f"module {module!r} has no merged round yet.")
         return total
+
+    def stacked(self, module: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """All merged factors of ``module`` as one LoRA: (A of R x in, B of out x R) with the scales
+        folded into B, so that ``B @ A`` is its total update in (out, in) layout; None if never merged."""
+        entries = [e for e in self.entries if e.module == module]
+        if not entries:
+            return None
+        return torch.cat([e.A for e in entries]), torch.cat([e.B * e.scale for e in entries], dim=1)
+
+    def to_state(self) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        """The entries as JSON-able records plus a flat dict of their tensors (for safetensors)."""
+        records = [{"round": e.round, "module": e.module, "scale": e.scale} for e in self.entries]
+        tensors = {}
+        for i, e in enumerate(self.entries):
+            tensors[f"ledger.{i}.A"], tensors[f"ledger.{i}.B"] = e.A, e.B
+        return records, tensors
+
+    def load_state(self, records: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
+        """Replace the entries with those of ``to_state()``; validates everything before changing anything."""
+        entries = []
+        for i, r in enumerate(records):
+            if r["module"] not in self.layouts:
+                raise ValueError(f"ledger entry {i} is for module {r['module']!r}, which this booster does not target.")
+            A, B = tensors.get(f"ledger.{i}.A"), tensors.get(f"ledger.{i}.B")
+            if A is None or B is None:
+                raise ValueError(f"ledger entry {i} ({r['module']!r}) has no factors in the file; it is truncated or corrupt.")
+            entries.append(LedgerEntry(int(r["round"]), r["module"], float(r["scale"]), A.float(), B.float()))
+        self.entries = entries

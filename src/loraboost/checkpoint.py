@@ -1,0 +1,127 @@
+"""A Booster's resumable state (ledger, live boosters, position in the plan) as a state dict and as
+one safetensors file; loading validates everything first, then replays the merges bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_file
+from .config import BoostConfig
+from .merge import add_delta_, lora_delta
+
+if TYPE_CHECKING:
+    from .booster import Booster
+
+STATE_FILE = "loraboost_state.safetensors"
+FORMAT = 1
+
+
+def booster_state(booster: Booster) -> dict[str, Any]:
+    """``{"meta": JSON-able dict, "tensors": flat dict}``: everything needed to resume.
+
+    The plan draws each round's layers and initial factors from generators seeded by (seed, round),
+    so the position (step and round) is the whole of its random state.
+    """
+    records, tensors = booster.ledger.to_state()
+    for slot in booster.slots:
+        tensors[f"live.{slot.name}.A"] = slot.A.detach().cpu().clone()
+        tensors[f"live.{slot.name}.B"] = slot.B.detach().cpu().clone()
+    meta = {
+        "format": FORMAT,
+        "config": booster.config.to_dict(),
+        "model_class": type(booster.model.get_base_model()).__name__,
+        "modules": {s.name: list(s.base_weight.shape) for s in booster.slots},
+        "global_step": booster.global_step,
+        "round": booster.round,
+        "total_steps": booster.plan.total_steps,
+        "ledger": records,
+    }
+    return {"meta": meta, "tensors": tensors}
+
+
+def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
+    """Restore ``state`` into a fresh Booster built on the original base model (see Booster.load_state_dict)."""
+    meta, tensors = state["meta"], state["tensors"]
+    _check_compatible(booster, meta, tensors)
+    booster.ledger.load_state(meta["ledger"], tensors)
+    slots = {s.name: s for s in booster.slots}
+    with torch.no_grad():
+        # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
+        for entry in booster.ledger:
+            slot = slots[entry.module]
+            device = slot.A.device
+            add_delta_(slot.base_weight, lora_delta(entry.A.to(device), entry.B.to(device), entry.scale, slot.fan_in_fan_out))
+        for slot in booster.slots:
+            slot.A.copy_(tensors[f"live.{slot.name}.A"])
+            slot.B.copy_(tensors[f"live.{slot.name}.B"])
+    if meta["total_steps"] is not None:
+        booster.set_total_steps(meta["total_steps"])
+    booster.global_step = meta["global_step"]
+    booster.round = meta["round"]
+    booster._freeze_factors()
+    booster._activate(booster.plan.layers(booster.round))
+
+
+def save_state_file(booster: Booster, path: str | Path) -> Path:
+    """Write the state to one safetensors file, atomically (a crash leaves the previous file intact)."""
+    state = booster_state(booster)
+    tensors = {k: v.contiguous() for k, v in state["tensors"].items()}
+    with atomic_file(path) as staging:
+        save_file(tensors, staging, metadata={"loraboost": json.dumps(state["meta"])})
+    return Path(path)
+
+
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """Read a state file written by ``save_state_file``; a corrupt or truncated file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no loraboost state file at {path}.")
+    try:
+        tensors = load_file(path)
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_size))
+        meta = json.loads(header["__metadata__"]["loraboost"])
+    except (SafetensorError, ValueError, KeyError, OSError) as error:
+        raise ValueError(f"{path} is not a readable loraboost state file (corrupt or truncated): {error}.") from error
+    return {"meta": meta, "tensors": tensors}
+
+
+def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Raise a ValueError naming the first mismatch; nothing is changed before every check passed."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"state format {meta.get('format')!r} is not supported; this loraboost reads format {FORMAT}.")
+    if booster.global_step != 0 or len(booster.ledger) != 0:
+        raise ValueError(
+            f"load_state_dict needs a fresh Booster on the original base model, but this one has taken "
+            f"{booster.global_step} steps; build a new Booster and load into it."
+        )
+    model_class = type(booster.model.get_base_model()).__name__
+    if meta["model_class"] != model_class:
+        raise ValueError(f"the state is for a {meta['model_class']}, but this booster wraps a {model_class}.")
+    saved = BoostConfig.from_dict(meta["config"]).to_dict()
+    current = booster.config.to_dict()
+    for field, value in saved.items():
+        if current[field] != value:
+            raise ValueError(f"the state was saved with {field}={value!r}, but this booster has {field}={current[field]!r}.")
+    ours = {s.name: list(s.base_weight.shape) for s in booster.slots}
+    for name, shape in meta["modules"].items():
+        if name not in ours:
+            raise ValueError(f"the state has a booster on module {name!r}, which this booster does not target.")
+        if ours[name] != shape:
+            raise ValueError(f"module {name!r} has shape {tuple(ours[name])} here but {tuple(shape)} in the state.")
+    missing = sorted(set(ours) - set(meta["modules"]))
+    if missing:
+        raise ValueError(f"this booster targets module {missing[0]!r}, which the state does not have.")
+    for slot in booster.slots:
+        for factor, param in (("A", slot.A), ("B", slot.B)):
+            saved_tensor = tensors.get(f"live.{slot.name}.{factor}")
+            if saved_tensor is None or saved_tensor.shape != param.shape:
+                raise ValueError(f"the live factor {factor} of {slot.name!r} is missing or misshapen in the state; "
+                                 "the file is truncated or was written for another rank.")
