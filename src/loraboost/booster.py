@@ -16,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import BoostConfig
 from .ledger import Ledger
-from .merge import add_delta_, lora_delta
+from .merge import add_delta_, lora_delta, needs_residual
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
 from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, resolve_targets
@@ -93,6 +93,8 @@ class Booster:
         self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots})
         self.plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
                               cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
+        # fp32 residuals of merged weights (see merge.add_delta_), made at a module's first merge.
+        self.residuals: dict[str, torch.Tensor] = {}
         self.round = 0  # index of the live round
         self.global_step = 0  # optimizer steps taken so far
         self._checked_optimizer: weakref.ref | None = None
@@ -208,13 +210,26 @@ class Booster:
         finished = self.live_slots
         scale = self.scaling
         for slot in finished:
-            add_delta_(slot.base_weight, lora_delta(slot.A, slot.B, scale, slot.fan_in_fan_out))
+            add_delta_(slot.base_weight, lora_delta(slot.A, slot.B, scale, slot.fan_in_fan_out), self._residual(slot))
             self.ledger.append(self.round, slot.name, scale, slot.A, slot.B)
         self.round += 1
         self._initialise(finished, self.round)
         reset_optimizer_state(optimizer, [p for s in finished for p in (s.A, s.B)],
                               self.config.optimizer_reset, self.config.prune_ratio)
         self._activate(self.plan.layers(self.round))
+
+    def _residual(self, slot: Slot) -> torch.Tensor | None:
+        """The fp32 residual of ``slot``'s weight, created on first use when the policy asks for one."""
+        weight = slot.base_weight
+        if slot.name not in self.residuals and needs_residual(self.config.merge_residual, weight.dtype):
+            self.residuals[slot.name] = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        return self.residuals.get(slot.name)
+
+    def merged_weight(self, slot: Slot) -> torch.Tensor:
+        """``slot``'s base weight with every merge in full: the weight plus its residual, in fp32."""
+        weight = slot.base_weight.detach().float()
+        residual = self.residuals.get(slot.name)
+        return weight if residual is None else weight + residual
 
     @torch.no_grad()
     def _initialise(self, slots: tuple[Slot, ...], round_index: int) -> None:

@@ -26,7 +26,8 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     """``{"meta": JSON-able dict, "tensors": flat dict}``: everything needed to resume.
 
     The plan draws each round's layers and initial factors from generators seeded by (seed, round),
-    so the position (step and round) is the whole of its random state.
+    so the position (step and round) is the whole of its random state. Merge residuals are not
+    stored: replaying the ledger on load rebuilds them exactly.
     """
     records, tensors = booster.ledger.to_state()
     for slot in booster.slots:
@@ -56,7 +57,8 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
         for entry in booster.ledger:
             slot = slots[entry.module]
             device = slot.A.device
-            add_delta_(slot.base_weight, lora_delta(entry.A.to(device), entry.B.to(device), entry.scale, slot.fan_in_fan_out))
+            delta = lora_delta(entry.A.to(device), entry.B.to(device), entry.scale, slot.fan_in_fan_out)
+            add_delta_(slot.base_weight, delta, booster._residual(slot))
         for slot in booster.slots:
             slot.A.copy_(tensors[f"live.{slot.name}.A"])
             slot.B.copy_(tensors[f"live.{slot.name}.B"])

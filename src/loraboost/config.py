@@ -44,6 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 OPTIMIZER_RESETS = ("reset", "keep", "prune")
 LR_SCHEDULES = ("global", "per_round")
 FROZEN_FACTORS = ("none", "A", "B")
+MERGE_RESIDUALS = ("auto", "always", "never")
 
 
 @dataclass
@@ -71,6 +72,9 @@ class BoostConfig:
         layers_per_round: L_s, the blocks a round's booster is placed on: a count, a fraction of all
             blocks in (0, 1], or None for every block.
         merge_scale: alpha_t, the step size of a merge: W <- W + alpha_t * (alpha / r) * B A.
+        merge_residual: keep an fp32 residual per merged weight so that no merge is rounded away:
+            ``auto`` for bf16/fp16 weights (4 bytes per adapted weight element), ``always`` (fp32 weights
+            too: exact reconstruction from the ledger), or ``never`` (plain in-place add).
         norm_penalty: lambda of XGBLoRA's penalty lambda * (||A||^2 + ||B||^2) on the live booster.
         optimizer_reset: at a round change, ``reset`` drops the booster's optimizer state, ``keep``
             keeps it, ``prune`` zeroes the ``prune_ratio`` smallest-magnitude entries (ReLoRA).
@@ -95,6 +99,7 @@ class BoostConfig:
     steps_per_round: int | None = FROM_PRESET
     layers_per_round: int | float | None = FROM_PRESET
     merge_scale: float = 1.0
+    merge_residual: str = "auto"
     norm_penalty: float = 0.0
     optimizer_reset: str = FROM_PRESET
     prune_ratio: float = FROM_PRESET
@@ -157,6 +162,7 @@ class BoostConfig:
                     f"layers_per_round={lpr!r} is out of range; use a count >= 1, a fraction in (0, 1], or None."
                 )
         _check_number(self.merge_scale, "merge_scale", lambda v: v > 0, "a positive number")
+        _check_choice(self.merge_residual, "merge_residual", MERGE_RESIDUALS)
         _check_number(self.norm_penalty, "norm_penalty", lambda v: v >= 0, "a number >= 0")
         _check_choice(self.optimizer_reset, "optimizer_reset", OPTIMIZER_RESETS)
         _check_number(self.prune_ratio, "prune_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)")

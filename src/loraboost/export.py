@@ -109,6 +109,7 @@ def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:
     """The base model's state dict with the live booster merged in and every PEFT wrapper removed."""
     base = booster.model.get_base_model()
     live = {s.name: s for s in booster.live_slots}
+    slots = {s.name: s for s in booster.slots}
     out = {}
     for key, value in base.state_dict().items():
         if ".lora_" in key or ".original_module." in key:
@@ -116,10 +117,13 @@ def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:
         name = key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
         tensor = value.detach().clone()
         module = name.rsplit(".", 1)[0]
-        if name.endswith(".weight") and module in live:
-            slot = live[module]
-            delta = lora_delta(slot.A, slot.B, booster.config.scaling, slot.fan_in_fan_out)
-            tensor = (tensor.float() + delta.to(tensor.device)).to(value.dtype)
+        if name.endswith(".weight") and module in slots:
+            # In fp32: the weight, what its residual holds back, and the live booster; rounded once.
+            full = booster.merged_weight(slots[module])
+            if module in live:
+                slot = live[module]
+                full = full + lora_delta(slot.A, slot.B, booster.config.scaling, slot.fan_in_fan_out).to(full.device)
+            tensor = full.to(value.dtype)
         out[name] = tensor
     return out
 
