@@ -13,6 +13,25 @@ from .checkpoint import STATE_FILE
 from .optim import compose_round_schedule
 
 
+def ddp_problem(world_size: int, gradient_checkpointing: bool, find_unused: bool | None, subsets: bool) -> str | None:
+    """Why this DDP setup cannot train layer subsets, or None when it can.
+
+    A round that uses some layers leaves the other adapters without a gradient, so DDP must look for
+    unused parameters. The Trainer does by default, except with gradient checkpointing on.
+    """
+    if world_size <= 1 or not subsets:
+        return None
+    if find_unused is None:
+        find_unused = not gradient_checkpointing  # the Trainer's own default
+    if find_unused:
+        return None
+    return (
+        "layers_per_round leaves some adapters without a gradient in every step, so DDP must find unused "
+        "parameters: set ddp_find_unused_parameters=True (with gradient checkpointing, also "
+        "gradient_checkpointing_kwargs={'use_reentrant': False})."
+    )
+
+
 class BoostCallback(TrainerCallback):
     """Drives ``booster`` from ``transformers.Trainer``.
 
@@ -45,6 +64,10 @@ class BoostCallback(TrainerCallback):
         if booster.config.steps_per_round is None:
             booster.set_total_steps(state.max_steps)
         booster._check_optimizer(optimizer)
+        problem = ddp_problem(args.world_size, args.gradient_checkpointing, args.ddp_find_unused_parameters,
+                              booster.plan.layers_per_round < len(booster.plan.layer_keys))
+        if problem:
+            raise ValueError(problem)
         if booster.config.lr_schedule == "per_round":
             compose_round_schedule(lr_scheduler, booster.plan, booster.config.round_warmup_steps)
 

@@ -1,0 +1,104 @@
+"""One rank of the data-parallel test (see test_distributed.py); run under torchrun with 2 processes.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT
+
+MODE: loop (plain DDP), trainer, or trainer-checkpointing (gradient checkpointing with the settings that
+BoostCallback asks for).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import transformers
+from torch.nn.parallel import DistributedDataParallel
+
+from conftest import batches, tiny_llama
+from loraboost import BoostCallback, Booster, BoostConfig
+
+STEPS, GLOBAL_BATCH = 10, 4
+CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
+
+
+def global_batches():
+    return batches("llama", STEPS, seed=11, size=GLOBAL_BATCH)
+
+
+def outcome(booster):
+    return {"weights": {s.name: s.base_weight.detach().clone() for s in booster.slots},
+            "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
+            "plan": [booster.plan.layers(r) for r in range(booster.round + 1)],
+            "position": (booster.global_step, booster.round)}
+
+
+CHECKPOINTING = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
+                     ddp_find_unused_parameters=True)
+
+
+def trained_by_trainer(out: Path, per_device_batch: int, checkpointing: bool = False):
+    booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
+    extra = CHECKPOINTING if checkpointing else {}
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=per_device_batch,
+        learning_rate=1e-2, lr_scheduler_type="constant", report_to=[], save_strategy="no",
+        logging_steps=1000, use_cpu=True, disable_tqdm=True, seed=0,
+        ddp_backend="gloo" if "RANK" in os.environ else None, **extra)
+    transformers.Trainer(model=booster.model, args=args, train_dataset=Rows(),
+                         callbacks=[BoostCallback(booster)]).train()
+    return booster
+
+
+def single_process(mode: str, out: Path):
+    """The reference: one process on the whole global batches (the same samples per step as the ranks')."""
+    if mode.startswith("trainer"):
+        return outcome(trained_by_trainer(out, GLOBAL_BATCH, checkpointing=mode == "trainer-checkpointing"))
+    booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
+    opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
+    for batch in global_batches():
+        booster.model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        booster.step(opt)
+    return outcome(booster)
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self):
+        self.rows = [{k: v[i] for k, v in b.items()} for b in global_batches() for i in range(GLOBAL_BATCH)]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def main(mode: str, out: Path) -> None:
+    # Different global seeds per rank: only the booster's own seeded generators may make them agree.
+    torch.manual_seed(100 + int(os.environ["RANK"]))
+    if mode == "loop":
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
+        # Idle XGBLoRA adapters get no gradient in a step: DDP must be told some parameters go unused.
+        model = DistributedDataParallel(booster.model, find_unused_parameters=True)
+        opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
+        share = GLOBAL_BATCH // world
+        for batch in global_batches():
+            local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+            model(**local).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            booster.step(opt)
+    else:  # the Trainer wraps the model in DDP itself; find_unused_parameters is its default here
+        booster = trained_by_trainer(out / "run", GLOBAL_BATCH // 2, checkpointing=mode == "trainer-checkpointing")
+        rank = dist.get_rank()
+    torch.save(outcome(booster), out / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
