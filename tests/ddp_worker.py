@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT
 
-MODE: loop (plain DDP), trainer, or trainer-checkpointing (gradient checkpointing with the settings that
+MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpointing (gradient checkpointing with the settings that
 BoostCallback asks for).
 """
 
@@ -16,7 +16,10 @@ import transformers
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import batches, tiny_llama
+from torch.distributed.fsdp import fully_shard
+
 from loraboost import BoostCallback, Booster, BoostConfig
+from loraboost.merge import full_tensor
 
 STEPS, GLOBAL_BATCH = 10, 4
 CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
@@ -27,7 +30,7 @@ def global_batches():
 
 
 def outcome(booster):
-    return {"weights": {s.name: s.base_weight.detach().clone() for s in booster.slots},
+    return {"weights": {s.name: full_tensor(s.base_weight.detach()).clone() for s in booster.slots},
             "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
             "plan": [booster.plan.layers(r) for r in range(booster.round + 1)],
             "position": (booster.global_step, booster.round)}
@@ -78,12 +81,18 @@ class Rows(torch.utils.data.Dataset):
 def main(mode: str, out: Path) -> None:
     # Different global seeds per rank: only the booster's own seeded generators may make them agree.
     torch.manual_seed(100 + int(os.environ["RANK"]))
-    if mode == "loop":
+    if mode in ("loop", "fsdp"):
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
         booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
-        # Idle XGBLoRA adapters get no gradient in a step: DDP must be told some parameters go unused.
-        model = DistributedDataParallel(booster.model, find_unused_parameters=True)
+        if mode == "fsdp":  # FSDP2: every block and the root sharded; merges go into the shards
+            for block in booster.model.get_base_model().model.layers:
+                fully_shard(block)
+            model = fully_shard(booster.model)
+            weight = booster.slots[0].base_weight  # really sharded: each rank holds half the rows
+            assert weight.to_local().shape[0] * world == weight.shape[0], weight.placements
+        else:  # idle XGBLoRA adapters get no gradient in a step: DDP must be told some go unused
+            model = DistributedDataParallel(booster.model, find_unused_parameters=True)
         opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
         share = GLOBAL_BATCH // world
         for batch in global_batches():

@@ -1,5 +1,5 @@
-"""Data-parallel training on 2 CPU processes (gloo): every rank draws the same subsets and factors and
-merges identically, and the result equals one process on the same global batches."""
+"""Data-parallel (DDP) and sharded (FSDP2) training on 2 CPU processes (gloo): every rank draws the same
+subsets and factors and merges identically, and the result equals one process on the same global batches."""
 
 import os
 import subprocess
@@ -33,7 +33,7 @@ def assert_close_outcomes(a, b, atol):
         torch.testing.assert_close(x[4], y[4], rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("mode", ["loop", "trainer", "trainer-checkpointing"])
+@pytest.mark.parametrize("mode", ["loop", "fsdp", "trainer", "trainer-checkpointing"])
 def test_two_ranks_agree_with_each_other_and_with_one_process(mode, tmp_path):
     rank0, rank1 = run_two_ranks(mode, tmp_path)
     assert rank0["position"] == (10, 5) and len(rank0["ledger"]) > 0

@@ -16,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import BoostConfig
 from .ledger import Ledger
-from .merge import add_delta_, lora_delta, needs_residual
+from .merge import add_delta_, as_local_layout, lora_delta, needs_residual
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
 from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, resolve_targets
@@ -26,14 +26,24 @@ ADAPTER = "default"
 
 @dataclass(frozen=True)
 class Slot:
-    """One target module's booster: the PEFT LoRA layer and its two factor Parameters, which stay
-    the same objects for the whole run (an optimizer built once keeps holding them)."""
+    """One target module's booster: the PEFT LoRA layer and where it sits.
+
+    The factor Parameters are looked up on the layer, not cached: they stay the same objects for the
+    whole run (an optimizer built once keeps holding them), but FSDP2's ``fully_shard`` swaps them
+    once for sharded ones before the optimizer is built.
+    """
 
     name: str  # as in the base model, e.g. "model.layers.0.self_attn.q_proj"
     layer: str  # the block it sits in, a key of the plan
     lora: LoraLayer
-    A: nn.Parameter  # (r, in)
-    B: nn.Parameter  # (out, r)
+
+    @property
+    def A(self) -> nn.Parameter:  # (r, in)
+        return self.lora.lora_A[ADAPTER].weight
+
+    @property
+    def B(self) -> nn.Parameter:  # (out, r)
+        return self.lora.lora_B[ADAPTER].weight
 
     @property
     def base_weight(self) -> nn.Parameter:
@@ -85,7 +95,7 @@ class Booster:
         self.model: PeftModel = get_peft_model(model, lora_config, adapter_name=ADAPTER)
         base = self.model.get_base_model()
         self.slots: tuple[Slot, ...] = tuple(
-            Slot(name, layer_of[name], lora, lora.lora_A[ADAPTER].weight, lora.lora_B[ADAPTER].weight)
+            Slot(name, layer_of[name], lora)
             for name, lora in ((n, base.get_submodule(n)) for n in targets)
         )
         self._freeze_factors()
@@ -222,7 +232,7 @@ class Booster:
         """The fp32 residual of ``slot``'s weight, created on first use when the policy asks for one."""
         weight = slot.base_weight
         if slot.name not in self.residuals and needs_residual(self.config.merge_residual, weight.dtype):
-            self.residuals[slot.name] = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            self.residuals[slot.name] = torch.zeros_like(weight, dtype=torch.float32)  # sharded like the weight
         return self.residuals.get(slot.name)
 
     def merged_weight(self, slot: Slot) -> torch.Tensor:
@@ -243,7 +253,7 @@ class Booster:
             random, zero = (slot.B, slot.A) if self.config.frozen_factor == "B" else (slot.A, slot.B)
             bound = 1.0 / math.sqrt(slot.A.shape[1])  # kaiming_uniform_(a=sqrt(5)) on (r, in)
             sample = torch.empty(random.shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
-            random.copy_(sample)
+            random.copy_(as_local_layout(sample, random))
             zero.zero_()
 
     def _freeze_factors(self) -> None:

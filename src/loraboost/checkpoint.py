@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_file
 from .config import BoostConfig
-from .merge import add_delta_, lora_delta
+from .merge import add_delta_, as_local_layout, full_tensor, lora_delta
 
 if TYPE_CHECKING:
     from .booster import Booster
@@ -31,8 +31,8 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     """
     records, tensors = booster.ledger.to_state()
     for slot in booster.slots:
-        tensors[f"live.{slot.name}.A"] = slot.A.detach().cpu().clone()
-        tensors[f"live.{slot.name}.B"] = slot.B.detach().cpu().clone()
+        tensors[f"live.{slot.name}.A"] = full_tensor(slot.A.detach()).cpu().clone()
+        tensors[f"live.{slot.name}.B"] = full_tensor(slot.B.detach()).cpu().clone()
     meta = {
         "format": FORMAT,
         "config": booster.config.to_dict(),
@@ -56,12 +56,12 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
         # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
         for entry in booster.ledger:
             slot = slots[entry.module]
-            device = slot.A.device
-            delta = lora_delta(entry.A.to(device), entry.B.to(device), entry.scale, slot.fan_in_fan_out)
+            A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
+            delta = lora_delta(A, B, entry.scale, slot.fan_in_fan_out)
             add_delta_(slot.base_weight, delta, booster._residual(slot))
         for slot in booster.slots:
-            slot.A.copy_(tensors[f"live.{slot.name}.A"])
-            slot.B.copy_(tensors[f"live.{slot.name}.B"])
+            slot.A.copy_(as_local_layout(tensors[f"live.{slot.name}.A"], slot.A))
+            slot.B.copy_(as_local_layout(tensors[f"live.{slot.name}.B"], slot.B))
     if meta["total_steps"] is not None:
         booster.set_total_steps(meta["total_steps"])
     booster.global_step = meta["global_step"]

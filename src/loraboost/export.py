@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from .atomic import atomic_folder
-from .merge import lora_delta
+from .merge import full_tensor, lora_delta
 
 if TYPE_CHECKING:
     from .booster import Booster, Slot
@@ -28,8 +28,9 @@ def learned_factors(booster: Booster, slot: Slot) -> tuple[torch.Tensor, torch.T
     stacked = booster.ledger.stacked(slot.name)
     if stacked is not None:
         parts.append(stacked)
-    if slot in booster.live_slots and slot.A.count_nonzero() and slot.B.count_nonzero():
-        parts.append((slot.A.detach().float().cpu(), slot.B.detach().float().cpu() * booster.config.scaling))
+    A, B = full_tensor(slot.A.detach()).float().cpu(), full_tensor(slot.B.detach()).float().cpu()
+    if slot in booster.live_slots and A.count_nonzero() and B.count_nonzero():
+        parts.append((A, B * booster.config.scaling))
     if not parts:
         return None
     return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts], dim=1)
@@ -108,6 +109,11 @@ def save_adapter(booster: Booster, path: str | Path, rank: int | None = None, ov
 def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:
     """The base model's state dict with the live booster merged in and every PEFT wrapper removed."""
     base = booster.model.get_base_model()
+    if any(hasattr(p, "device_mesh") for p in base.parameters()):
+        raise ValueError(
+            "save_merged needs the full weights, but this model is sharded (FSDP2); save_adapter works sharded, "
+            "and the adapter merges into the original base with PeftModel.from_pretrained(...).merge_and_unload()."
+        )
     live = {s.name: s for s in booster.live_slots}
     slots = {s.name: s for s in booster.slots}
     out = {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .merge import lora_delta
+from .merge import full_tensor, lora_delta
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Ledger:
         if module not in self.layouts:
             raise KeyError(f"module {module!r} is not one the ledger tracks; known modules: {sorted(self.layouts)[:5]}...")
         self.entries.append(
-            LedgerEntry(round_index, module, float(scale), A.detach().float().cpu().clone(), B.detach().float().cpu().clone())
+            LedgerEntry(round_index, module, float(scale), _full_cpu(A), _full_cpu(B))
         )
 
     def __len__(self) -> int:
@@ -99,3 +99,8 @@ class Ledger:
                 raise ValueError(f"ledger entry {i} ({r['module']!r}) has no factors in the file; it is truncated or corrupt.")
             entries.append(LedgerEntry(int(r["round"]), r["module"], float(r["scale"]), A.float(), B.float()))
         self.entries = entries
+
+
+def _full_cpu(t: torch.Tensor) -> torch.Tensor:
+    """An fp32 CPU copy of the whole tensor (gathered first when it is a sharded DTensor)."""
+    return full_tensor(t.detach()).float().cpu().clone()

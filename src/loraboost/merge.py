@@ -4,6 +4,7 @@ PEFT's reversible merge() is never used: it bookkeeps an inference merge and ski
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 
 def lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float, fan_in_fan_out: bool) -> torch.Tensor:
@@ -12,8 +13,39 @@ def lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float, fan_in_fan_out: b
     A is (r, in) and B is (out, r), as in PEFT; a GPT-2 style Conv1D stores its weight as (in, out),
     which ``fan_in_fan_out`` says, and gets the transpose.
     """
-    delta = (B.detach().float() @ A.detach().float()) * scale
+    A, B = A.detach().float(), B.detach().float()
+    if isinstance(A, DTensor):
+        return _sharded_delta(A, B, scale, fan_in_fan_out)
+    delta = (B @ A) * scale
     return delta.T if fan_in_fan_out else delta
+
+
+def _sharded_delta(A: DTensor, B: DTensor, scale: float, fan_in_fan_out: bool) -> DTensor:
+    """The delta as a DTensor sharded by rows like an FSDP2 weight: each rank computes only its own
+    rows, gathering just the small factors (r x (in + out)), never a full weight."""
+    replicate = [Replicate()] * A.device_mesh.ndim
+    rows = [Shard(0)] * A.device_mesh.ndim
+    A, B = A.redistribute(placements=replicate), B.redistribute(placements=replicate)
+    if fan_in_fan_out:  # weight is (in, out): rows of A^T @ B^T
+        return (A.T.redistribute(placements=rows) @ B.T) * scale
+    return (B.redistribute(placements=rows) @ A) * scale
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered when it is a sharded DTensor, else itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded DTensor (a view, so in-place changes reach it), else the tensor."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def as_local_layout(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` (a full tensor, the same on every rank) laid out like ``like`` for an in-place copy."""
+    if isinstance(like, DTensor):
+        return distribute_tensor(value.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    return value
 
 
 @torch.no_grad()
@@ -27,7 +59,9 @@ def add_delta_(weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor
     """
     if weight.shape != delta.shape:
         raise ValueError(f"a delta of shape {tuple(delta.shape)} cannot be added to a weight of shape {tuple(weight.shape)}.")
-    delta = delta.to(device=weight.device, dtype=torch.float32)
+    delta = delta.to(dtype=torch.float32)
+    if not isinstance(delta, DTensor):
+        delta = delta.to(device=weight.device)
     if residual is None:
         weight.add_(delta.to(weight.dtype))
         return

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from .merge import local_tensor
 from .plan import RoundPlan
 
 
@@ -42,13 +43,15 @@ def _prune_moments_(param_state: dict, shape: torch.Size, ratio: float) -> None:
     1/sqrt(1 - beta2) ~ 30 times too far; in our tests that made the loss rise after every merge
     unless the learning rate re-warmed over ~100 steps.
     """
-    moments = [v for v in param_state.values() if torch.is_tensor(v) and v.shape == shape]
+    # Sharded (FSDP2) moments are pruned shard by shard: each rank ranks its own entries.
+    moments = [local_tensor(v) for v in param_state.values() if torch.is_tensor(v) and v.shape == shape]
     k = int(ratio * moments[0].numel()) if moments else 0
     if k <= 0:
         return
-    first = param_state.get("exp_avg", moments[0]).abs().flatten().float()
-    threshold = first.kthvalue(k).values
-    prune = (first <= threshold).view(shape)
+    first_moment = param_state.get("exp_avg")
+    first = local_tensor(moments[0] if first_moment is None else first_moment).abs()
+    threshold = first.flatten().float().kthvalue(k).values
+    prune = first <= threshold
     for moment in moments:
         moment.masked_fill_(prune, 0)
 
