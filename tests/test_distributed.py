@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from ddp_worker import single_process
-from loraboost.hf import ddp_problem
+from types import SimpleNamespace
+
+from conftest import tiny_llama
+from loraboost import Booster, BoostConfig
+from loraboost.hf import ddp_problem, parallelism_problem
 
 HERE = Path(__file__).parent
 
@@ -49,3 +53,19 @@ def test_checkpointing_without_unused_parameter_search_is_refused_with_the_fix()
     for checkpointing, find_unused in [(True, None), (False, False)]:
         message = ddp_problem(2, checkpointing, find_unused, subsets=True)
         assert "ddp_find_unused_parameters=True" in message and "use_reentrant" in message
+
+
+def test_deepspeed_and_fsdp1_are_refused_with_what_to_use_instead():
+    assert parallelism_problem(SimpleNamespace(deepspeed=None, fsdp=[], fsdp_config={})) is None
+    assert parallelism_problem(SimpleNamespace(deepspeed=None, fsdp=["full_shard"], fsdp_config={"version": 2})) is None
+    message = parallelism_problem(SimpleNamespace(deepspeed="ds_config.json", fsdp=[], fsdp_config={}))
+    assert "DeepSpeed is not supported" in message and "FSDP2" in message
+    message = parallelism_problem(SimpleNamespace(deepspeed=None, fsdp=["full_shard"], fsdp_config={"version": 1}))
+    assert "FSDP version 1 is not supported" in message
+
+
+def test_zero3_partitioned_model_is_refused():
+    model = tiny_llama()
+    next(model.parameters()).ds_id = 0  # what DeepSpeed ZeRO-3 puts on every partitioned parameter
+    with pytest.raises(ValueError, match="partitioned by DeepSpeed ZeRO-3"):
+        Booster(model, BoostConfig(method="cola"))

@@ -16,10 +16,10 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import BoostConfig
 from .ledger import Ledger
-from .merge import add_delta_, as_local_layout, lora_delta, needs_residual
+from .merge import LowRankSidePath, add_delta_, as_local_layout, is_quantized, lora_delta, needs_residual
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
-from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, resolve_targets
+from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, refuse_partitioned_parameters, resolve_targets
 
 ADAPTER = "default"
 
@@ -79,6 +79,7 @@ class Booster:
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f"total_steps={total_steps!r} is not valid; use an integer >= 1 or None.")
         refuse_existing_adapters(model)
+        refuse_partitioned_parameters(model)
         cfg = self.config
         targets = resolve_targets(model, cfg.target_modules, cfg.layers_pattern)
         if cfg.layers_per_round is None:
@@ -105,6 +106,10 @@ class Booster:
                               cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
         # fp32 residuals of merged weights (see merge.add_delta_), made at a module's first merge.
         self.residuals: dict[str, torch.Tensor] = {}
+        # Quantized base layers are never written to: their merged rounds run beside them.
+        self.side_paths: dict[str, LowRankSidePath] = {
+            s.name: LowRankSidePath(s.lora.get_base_layer()) for s in self.slots if is_quantized(s.base_weight)
+        }
         self.round = 0  # index of the live round
         self.global_step = 0  # optimizer steps taken so far
         self._checked_optimizer: weakref.ref | None = None
@@ -220,13 +225,24 @@ class Booster:
         finished = self.live_slots
         scale = self.scaling
         for slot in finished:
-            add_delta_(slot.base_weight, lora_delta(slot.A, slot.B, scale, slot.fan_in_fan_out), self._residual(slot))
+            self._apply_merge(slot, slot.A, slot.B, scale)
             self.ledger.append(self.round, slot.name, scale, slot.A, slot.B)
         self.round += 1
         self._initialise(finished, self.round)
         reset_optimizer_state(optimizer, [p for s in finished for p in (s.A, s.B)],
                               self.config.optimizer_reset, self.config.prune_ratio)
         self._activate(self.plan.layers(self.round))
+
+    @torch.no_grad()
+    def _apply_merge(self, slot: Slot, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
+        """Put one booster's update ``scale * B @ A`` into ``slot``'s base: added in fp32 into the weight
+        (compensated when it has a residual), or stacked on the side path of a quantized layer.
+        Used by training and by resuming alike, so a replayed run is bit-identical."""
+        side = self.side_paths.get(slot.name)
+        if side is not None:
+            side.append(A, B, scale)
+        else:
+            add_delta_(slot.base_weight, lora_delta(A, B, scale, slot.fan_in_fan_out), self._residual(slot))
 
     def _residual(self, slot: Slot) -> torch.Tensor | None:
         """The fp32 residual of ``slot``'s weight, created on first use when the policy asks for one."""

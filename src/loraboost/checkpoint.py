@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_file
 from .config import BoostConfig
-from .merge import add_delta_, as_local_layout, full_tensor, lora_delta
+from .merge import as_local_layout, full_tensor
 
 if TYPE_CHECKING:
     from .booster import Booster
@@ -57,8 +57,7 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
         for entry in booster.ledger:
             slot = slots[entry.module]
             A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
-            delta = lora_delta(A, B, entry.scale, slot.fan_in_fan_out)
-            add_delta_(slot.base_weight, delta, booster._residual(slot))
+            booster._apply_merge(slot, A, B, entry.scale)
         for slot in booster.slots:
             slot.A.copy_(as_local_layout(tensors[f"live.{slot.name}.A"], slot.A))
             slot.B.copy_(as_local_layout(tensors[f"live.{slot.name}.B"], slot.B))

@@ -114,6 +114,11 @@ def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:
             "save_merged needs the full weights, but this model is sharded (FSDP2); save_adapter works sharded, "
             "and the adapter merges into the original base with PeftModel.from_pretrained(...).merge_and_unload()."
         )
+    if booster.side_paths:
+        raise ValueError(
+            "save_merged needs full-precision weights, but this base is quantized; use save_adapter and load it "
+            "onto the full-precision original (PeftModel.from_pretrained(...).merge_and_unload())."
+        )
     live = {s.name: s for s in booster.live_slots}
     slots = {s.name: s for s in booster.slots}
     out = {}

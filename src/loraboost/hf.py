@@ -13,6 +13,21 @@ from .checkpoint import STATE_FILE
 from .optim import compose_round_schedule
 
 
+def parallelism_problem(args) -> str | None:
+    """Why the Trainer's parallelism setup cannot run boosting, or None when it can."""
+    if getattr(args, "deepspeed", None):
+        return (
+            "DeepSpeed is not supported: ZeRO keeps optimizer state in flat partitions, so a booster's "
+            "optimizer state cannot be reset at a round change; use DDP, or FSDP2 (fsdp_config={'version': 2})."
+        )
+    if getattr(args, "fsdp", None) and int((getattr(args, "fsdp_config", None) or {}).get("version", 2)) == 1:
+        return (
+            "FSDP version 1 is not supported: its flat parameters hide the LoRA factors that a round change "
+            "merges and re-initialises; use FSDP2 with fsdp_config={'version': 2}."
+        )
+    return None
+
+
 def ddp_problem(world_size: int, gradient_checkpointing: bool, find_unused: bool | None, subsets: bool) -> str | None:
     """Why this DDP setup cannot train layer subsets, or None when it can.
 
@@ -64,7 +79,7 @@ class BoostCallback(TrainerCallback):
         if booster.config.steps_per_round is None:
             booster.set_total_steps(state.max_steps)
         booster._check_optimizer(optimizer)
-        problem = ddp_problem(args.world_size, args.gradient_checkpointing, args.ddp_find_unused_parameters,
+        problem = parallelism_problem(args) or ddp_problem(args.world_size, args.gradient_checkpointing, args.ddp_find_unused_parameters,
                               booster.plan.layers_per_round < len(booster.plan.layer_keys))
         if problem:
             raise ValueError(problem)

@@ -74,3 +74,39 @@ def add_delta_(weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor
 def needs_residual(policy: str, dtype: torch.dtype) -> bool:
     """Whether a weight of ``dtype`` gets an fp32 residual under ``merge_residual=policy``."""
     return policy == "always" or policy == "auto" and dtype in (torch.bfloat16, torch.float16)
+
+
+def is_quantized(weight: torch.Tensor) -> bool:
+    """Whether a base weight is stored quantized (bitsandbytes 4-bit / 8-bit keep integer storage)."""
+    return not weight.is_floating_point()
+
+
+class LowRankSidePath:
+    """Merged updates of a quantized layer, kept in full precision beside it: ``y += B (A x)``.
+
+    Adding a delta into 4-bit weights would mean dequantize, add, requantize at every merge, and the
+    rounding would swallow small updates. Instead every merged round's factors are stacked here
+    (A: R x in, B: out x R with the scales folded in), costing r * (in + out) numbers per round.
+    """
+
+    def __init__(self, layer: torch.nn.Module):
+        self.A: torch.Tensor | None = None
+        self.B: torch.Tensor | None = None
+        self.handle = layer.register_forward_hook(self._add_to_output)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.A is None else self.A.shape[0]
+
+    @torch.no_grad()
+    def append(self, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
+        """Stack one merged booster (A: r x in, B: out x r) onto the path, in fp32."""
+        A, B = A.detach().float(), B.detach().float() * scale
+        self.A = A.clone() if self.A is None else torch.cat([self.A, A])
+        self.B = B.clone() if self.B is None else torch.cat([self.B, B], dim=1)
+
+    def _add_to_output(self, module, args, output):
+        if self.A is None:
+            return output
+        x = args[0]
+        return output + ((x.to(self.A.dtype) @ self.A.T) @ self.B.T).to(output.dtype)

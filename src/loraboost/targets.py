@@ -24,6 +24,15 @@ def refuse_existing_adapters(model: nn.Module) -> None:
         )
 
 
+def refuse_partitioned_parameters(model: nn.Module) -> None:
+    """Raise for DeepSpeed ZeRO-3 partitioned weights: a merge needs each weight (or an FSDP2 shard of it)."""
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise ValueError(
+            "the model's weights are partitioned by DeepSpeed ZeRO-3, which loraboost does not support; "
+            "use DDP, or FSDP2 (torch.distributed.fsdp.fully_shard after creating the Booster)."
+        )
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
     """Names of every nn.Linear and GPT-2 Conv1D in ``model``, in model order."""
     return [name for name, module in model.named_modules() if isinstance(module, LINEAR_TYPES)]
