@@ -1,11 +1,57 @@
-"""Data sets in and their splits: the embedded movie-review sentiment task, sampled COLA-style
-(fixed-size train / validation / test splits drawn with a seed) as `datasets.Dataset` objects."""
+"""Data sets in and their splits: CSV / JSON lines / parquet files, hub names and the embedded default,
+checked with one-sentence errors, and sampled COLA-style (seeded fixed-size splits) as `datasets.Dataset`."""
 
 from __future__ import annotations
 
-from datasets import Dataset
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
 
 from .assets import MOVIE_REVIEWS, data_file
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_data(source: str) -> Dataset:
+    """A data set from ``default`` (movie-review sentiment), a CSV / TSV / JSON(L) / parquet file, or a hub name."""
+    if source == "default":
+        return movie_reviews()
+    path = Path(source)
+    if path.suffix.lower() in FILE_FORMATS or path.exists():
+        if not path.is_file():
+            raise ValueError(f"data file {source!r} does not exist; pass an existing CSV, JSON lines or parquet file, or 'default'.")
+        kind = FILE_FORMATS.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(f"data file {source!r} has an unknown type; use .csv, .tsv, .json, .jsonl or .parquet.")
+        if kind != "parquet":
+            _check_utf8(path)
+        options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        return load_dataset(kind, data_files=str(path), split="train", **options)
+    try:
+        return load_dataset(source, split="train")
+    except Exception as error:  # the hub is unreachable offline, or the name is wrong
+        raise ValueError(
+            f"could not load the hub data set {source!r} ({type(error).__name__}); no hub is reachable offline, "
+            "so pass a local CSV, JSON lines or parquet file instead."
+        ) from error
+
+
+def require_columns(data: Dataset, columns: dict[str, str]) -> None:
+    """Raise naming the first missing column (by its role, e.g. ``text_column``) and the columns found."""
+    for role, column in columns.items():
+        if column not in data.column_names:
+            raise ValueError(f"{role}={column!r} is not a column of the data; its columns are {data.column_names}.")
+
+
+def _check_utf8(path: Path) -> None:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"data file {str(path)!r} is not UTF-8 (byte {error.start} cannot be decoded); convert it to UTF-8, "
+            "for example with iconv -f latin1 -t utf-8."
+        ) from None
 
 
 def movie_reviews(min_abs_score: float = 0.5) -> Dataset:
@@ -29,6 +75,9 @@ def movie_reviews(min_abs_score: float = 0.5) -> Dataset:
 
 def sample_splits(data: Dataset, sizes: dict[str, int], seed: int) -> dict[str, Dataset]:
     """Disjoint random splits of the requested sizes (e.g. train 1000 / validation 500 / test 1000)."""
+    for name, size in sizes.items():
+        if size < 1:
+            raise ValueError(f"the {name} split would be empty ({name} size {size}); ask for at least 1 example.")
     needed = sum(sizes.values())
     if needed > len(data):
         raise ValueError(f"the splits {sizes} need {needed} examples but the data set has {len(data)}; ask for fewer.")

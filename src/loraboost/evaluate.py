@@ -1,10 +1,13 @@
-"""Classification with a causal LM by label words: the prompt, the loss on the label word, and
-accuracy by comparing the label words' likelihood. The LM head runs at the answer position only."""
+"""The tasks a causal LM is tuned and scored on: classification by label words (loss on the label word,
+accuracy by the label words' likelihood, LM head at the answer position only) and prompt -> response
+SFT (loss on the response tokens only; held-out loss and perplexity)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import math
 
 import torch
 from datasets import Dataset
@@ -71,3 +74,50 @@ def label_word_accuracy(model: nn.Module, tokenizer, task: LabelWordTask, data: 
             progress.update(len(labels))
     model.train(was_training)
     return correct / len(data)
+
+
+@dataclass(frozen=True)
+class ResponseTask:
+    """Supervised fine-tuning on prompt -> response pairs: the loss covers the response tokens only."""
+
+    template: str = "{prompt}\n"
+    max_length: int = 256
+
+    def batches(self, tokenizer, data: Dataset, batch_size: int, prompt_column: str = "prompt",
+                response_column: str = "response", shuffle_seed: int | None = None
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        """Right-padded prompt + response + EOS, with labels -100 on the prompt and the padding."""
+        if shuffle_seed is not None:
+            data = data.shuffle(seed=shuffle_seed)
+        for start in range(0, len(data), batch_size):
+            rows = data[start:start + batch_size]
+            sequences, labels = [], []
+            for prompt, response in zip(rows[prompt_column], rows[response_column]):
+                p = tokenizer(self.template.format(prompt=prompt)).input_ids
+                r = tokenizer(str(response), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+                ids = (p + r)[: self.max_length]
+                sequences.append(ids)
+                labels.append(([-100] * len(p) + r)[: self.max_length])
+            width = max(map(len, sequences))
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            yield {
+                "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in sequences]),
+                "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+                "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels]),
+            }
+
+
+@torch.no_grad()
+def response_loss(model: nn.Module, tokenizer, task: ResponseTask, data: Dataset, batch_size: int = 16,
+                  prompt_column: str = "prompt", response_column: str = "response") -> dict[str, float]:
+    """Mean loss per response token on held-out pairs, and its perplexity."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in task.batches(tokenizer, data, batch_size, prompt_column, response_column):
+        count = int((batch["labels"][:, 1:] != -100).sum())
+        total += model(**batch).loss.item() * count
+        tokens += count
+    model.train(was_training)
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(loss)}

@@ -1,0 +1,147 @@
+"""The command line: `loraboost train | eval | export | demo`. Options come from the RunOptions and
+BoostConfig dataclasses (one source of truth); any of them can also be set in a YAML file (--config)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PRESETS, BoostConfig
+from .run import FINISHED, RunOptions, load_run, train
+
+USAGE_ERROR = 2
+HELP = {
+    "model": "'default' (the embedded SmolLM2-135M-Instruct) or a local model folder",
+    "data": "'default' (movie-review sentiment), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name",
+    "task": "classify (label words) or sft (prompt -> response)",
+    "template": "prompt template with {text} (classify) or {prompt} (sft)",
+    "label_words": "one word per class, comma-separated, in the order of the sorted labels",
+    "max_steps": "optimizer steps; -1 to train for --epochs instead",
+    "output": "run folder (config, metrics.jsonl, checkpoints, adapter/, summary.json)",
+    "method": f"boosting method: {', '.join(PRESETS)}",
+    "target_modules": "'all-linear', comma-separated module names, or a regular expression",
+    "layers_per_round": "blocks per round: a count, a fraction in (0, 1], or none for all",
+}
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value as YAML would read it (numbers, true/false, none), with commas making a list."""
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part]
+    if text.lower() in ("none", "null"):
+        return None
+    value = yaml.safe_load(text)
+    return value if isinstance(value, (int, float, bool)) else text
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, action="store_true", default=None, help=HELP.get(f.name))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            shown = "" if repr(default).startswith("<") else f" (default: {default})"
+            group.add_argument(flag, type=parse_value, default=None, metavar="VALUE",
+                               help=(HELP.get(f.name) or f.name.replace("_", " ")) + shown)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[RunOptions, BoostConfig]:
+    """YAML first, then the flags that were given on the command line."""
+    values: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"config file {args.config!r} does not exist.")
+        values.update(yaml.safe_load(path.read_text()) or {})
+    values.update({k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")})
+    run_names = {f.name for f in dataclasses.fields(RunOptions)}
+    boost_names = {f.name for f in dataclasses.fields(BoostConfig)}
+    unknown = sorted(set(values) - run_names - boost_names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} in {args.config}; see loraboost train --help.")
+    for key in ("label_words", "report_to"):  # lists, even when one item was given
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+    options = RunOptions(**{k: v for k, v in values.items() if k in run_names})
+    boost = {k: v for k, v in values.items() if k in boost_names}
+    boost["seed"] = options.seed
+    return options, BoostConfig(**boost)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loraboost",
+        description="Fine-tune by boosting low-rank adapters (XGBLoRA, COLA, RAC-LoRA, ReLoRA, LoRA).",
+        epilog="Example: loraboost train --method xgblora --data reviews.csv --label-words ' bad, good' "
+               "--output runs/xgb   (then: loraboost eval runs/xgb; loraboost export runs/xgb --to merged out/)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="fine-tune a model into a run folder",
+                            description="Fine-tune with transformers' Trainer and BoostCallback into a run folder.")
+    p.add_argument("--config", help="a YAML file of options (the flags below override it)")
+    _add_dataclass_options(p, RunOptions, "run")
+    # One --seed drives both the data (splits, order) and the booster's plan and initialisations.
+    _add_dataclass_options(p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)",
+                           skip=("seed",))
+
+    p = commands.add_parser("eval", help="score a finished run on its test split", description="Score a finished run.")
+    p.add_argument("run", help="a run folder written by loraboost train")
+
+    p = commands.add_parser("export", help="export a finished run", description="Export a finished run.")
+    p.add_argument("run", help="a run folder written by loraboost train")
+    p.add_argument("output", help="the folder to write")
+    p.add_argument("--to", choices=["adapter", "merged"], default="adapter",
+                   help="a PEFT LoRA adapter (default) or a merged transformers model")
+    p.add_argument("--rank", type=int, help="compress the adapter to this rank by SVD (exact when omitted)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    p = commands.add_parser("demo", help="LoRA, COLA and XGBLoRA on the embedded default (what make demo runs)",
+                            add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo
+
+        return demo(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            options, boost = _resolve(args)
+            summary = train(options, boost)
+            print(json.dumps(summary, indent=1))
+            print(f"run folder: {options.output} (adapter in {options.output}/adapter)")
+        elif args.command == "eval":
+            _, _, booster, _, task, splits = load_run(args.run)
+            metrics = {name: task.evaluate(booster.model, split) for name, split in splits.items() if name != "train"}
+            (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
+            print(json.dumps(metrics, indent=1))
+        elif args.command == "export":
+            if args.rank is not None and args.to == "merged":
+                raise ValueError("--rank applies to --to adapter only; a merged model is always exact.")
+            _, _, booster, tokenizer, _, _ = load_run(args.run)
+            if args.to == "adapter":
+                booster.save_adapter(args.output, rank=args.rank, overwrite=args.overwrite)
+            else:
+                booster.save_merged(args.output, tokenizer=tokenizer, overwrite=args.overwrite)
+            print(f"wrote {args.output}")
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"loraboost {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The command line end to end on a tiny model and small data files written here: train, eval, export,
+YAML options, SFT; and every bad input exits with code 2, one sentence, and no run folder left."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from peft import PeftModel
+
+from loraboost.assets import default_model_dir
+from loraboost.cli import main
+
+WORDS = {"good": ["great", "fine", "lovely", "superb"], "bad": ["awful", "dull", "poor", "weak"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-block Llama with SmolLM2's real tokenizer (so prompts and label words tokenize as in use)."""
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reviews_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    rows = ["text,label"] + [f"a {WORDS[label][i % 4]} film number {i},{label}"
+                             for i in range(40) for label in ("good", "bad")]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def train_args(model, data, out, *extra):
+    return ["train", "--model", str(model), "--data", str(data), "--output", str(out), "--train-size", "32",
+            "--test-size", "16", "--batch-size", "8", "--max-steps", "6", "--save-steps", "3",
+            "--learning-rate", "0.01", *extra]
+
+
+def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(train_args(tiny_model, reviews_csv, run, "--method", "xgblora", "--steps-per-round", "2",
+                           "--layers-per-round", "1"))
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "xgblora" and summary["steps"] == 6 and summary["rounds_merged"] == 3
+    assert 0.0 <= summary["metrics"]["test"]["accuracy"] <= 1.0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert (run / "checkpoint-3" / "loraboost_state.safetensors").is_file()
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+    assert main(["eval", str(run)]) == 0
+    assert json.loads((run / "eval.json").read_text()) == summary["metrics"]
+
+    assert main(["export", str(run), str(tmp_path / "merged"), "--to", "merged"]) == 0
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    adapter = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tiny_model),
+                                        run / "adapter").eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits, rtol=0, atol=1e-4)
+    assert main(["export", str(run), str(tmp_path / "small"), "--rank", "1"]) == 0
+    assert json.loads((tmp_path / "small" / "loraboost.json").read_text())["kind"] == "svd"
+
+
+def test_yaml_options_and_flags_override_them(tiny_model, reviews_csv, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model}\ndata: {reviews_csv}\nmethod: cola\nrounds: 2\nmax_steps: 4\n"
+                      "train_size: 16\ntest_size: 8\nbatch_size: 8\nlearning_rate: 0.01\n")
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "run"), "--rounds", "4"]) == 0
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["boost"]["method"] == "cola" and saved["boost"]["rounds"] == 4
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds_merged"] == 3
+
+
+def test_sft_on_prompt_response_pairs(tiny_model, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "response": w}) for w in
+                              ["yes", "no", "maybe", "sure"] * 15) + "\n")
+    assert main(train_args(tiny_model, data, tmp_path / "run", "--task", "sft", "--method", "cola",
+                           "--rounds", "2")) == 0
+    metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]["test"]
+    assert metrics["perplexity"] > 1 and metrics["loss"] > 0
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing file", "does not exist"),
+    ("missing column", "text_column='review' is not a column of the data; its columns are ['text', 'label']"),
+    ("single class", "has a single class"),
+    ("empty split", "test_size=0 is not valid"),
+    ("split too large", "need 1016 examples but the data set has 80"),
+    ("not utf-8", "is not UTF-8"),
+    ("no such model", "no model hub is reachable offline"),
+    ("bad method", "method='boost' is not a known method"),
+])
+def test_bad_input_exits_2_with_one_sentence_and_no_run_left(case, words, tiny_model, reviews_csv, tmp_path, capsys):
+    data, extra, model = reviews_csv, [], tiny_model
+    if case == "missing file":
+        data = tmp_path / "nope.csv"
+    elif case == "missing column":
+        extra = ["--text-column", "review"]
+    elif case == "single class":
+        data = tmp_path / "one.csv"
+        data.write_text("text,label\n" + "".join(f"film {i},good\n" for i in range(60)))
+    elif case == "empty split":
+        extra = ["--test-size", "0"]
+    elif case == "split too large":
+        extra = ["--train-size", "1000"]
+    elif case == "not utf-8":
+        data = tmp_path / "latin1.csv"
+        data.write_bytes("text,label\ncaf\xe9 film,good\nbad film,bad\n".encode("latin-1"))
+    elif case == "no such model":
+        model = "HuggingFaceTB/SmolLM2-1.7B"
+    elif case == "bad method":
+        extra = ["--method", "boost"]
+    run = tmp_path / "run"
+    assert main(train_args(model, data, run, *extra)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("loraboost train: error: ")]
+    assert len(errors) == 1 and words in errors[0], errors
+    assert errors[0].endswith(".") and errors[0].count(". ") == 0  # one sentence
+    assert not run.exists()
+
+
+def test_existing_run_is_refused_unless_overwrite(tiny_model, reviews_csv, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model, reviews_csv, run, "--method", "lora", "--max-steps", "2")) == 0
+    assert main(train_args(tiny_model, reviews_csv, run, "--method", "lora", "--max-steps", "2")) == 2
+    assert "already holds a run; pass --overwrite" in capsys.readouterr().err
+    assert main(train_args(tiny_model, reviews_csv, run, "--method", "lora", "--max-steps", "2", "--overwrite")) == 0
