@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -ra
 
 demo: $(STAMP)
-	$(PY) -m loraboost.demo
+	$(VENV)/bin/loraboost demo
 
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py

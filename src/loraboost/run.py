@@ -3,12 +3,18 @@ options, per-step metrics, checkpoints, the final booster state, the exported ad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import signal
+import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import transformers
 from torch import nn
@@ -72,32 +78,48 @@ def is_run(folder: Path) -> bool:
     return (folder / "run.json").exists() or (folder / FINISHED).exists()
 
 
-def load_model(name: str, task: str):
-    """The model and tokenizer: ``default`` (the embedded SmolLM2-135M-Instruct) or a local folder."""
+def model_folder(name: str) -> Path:
+    """``default`` (the embedded SmolLM2-135M-Instruct) or a local model folder."""
     folder = default_model_dir() if name == "default" else Path(name)
     if not folder.is_dir():
         raise ValueError(
             f"model {name!r} is not a local folder, and no model hub is reachable offline; pass a folder "
             "saved with save_pretrained (or 'default' for the embedded SmolLM2-135M-Instruct)."
         )
+    return folder
+
+
+def is_encoder(folder: Path) -> bool:
+    """An encoder (BERT and kin) classifies with a head; a causal LM by label words."""
+    architectures = transformers.AutoConfig.from_pretrained(folder).architectures or []
+    return not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
+
+
+def load_model(name: str, task: str, num_labels: int | None = None):
+    """The model and tokenizer; an encoder gets a fresh classification head of ``num_labels`` classes."""
+    folder = model_folder(name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if is_encoder(folder):
+        if task != "classify":
+            raise ValueError(f"model {name!r} is an encoder, which supports task='classify' only; use a causal LM for sft.")
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels,
+                                                                               dtype=torch.float32)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return model, tokenizer
 
 
 class Task:
     """Binds a task definition to its columns and tokenizer: collation for the Trainer, loss, metrics."""
 
-    def __init__(self, options: RunOptions, tokenizer, data):
-        self.options, self.tokenizer = options, tokenizer
+    def __init__(self, options: RunOptions, tokenizer, classes: list | None, head: bool):
+        self.options, self.tokenizer, self.classes, self.head = options, tokenizer, classes, head
         template = options.template or DEFAULT_TEMPLATE[options.task]
-        if options.task == "classify":
-            self.classes = sorted(set(data[options.label_column]))
-            if len(self.classes) < 2:
-                raise ValueError(f"label_column={options.label_column!r} has a single class {self.classes}; "
-                                 "classification needs at least two.")
+        if head:  # an encoder with a classification head: no prompt, no label words
+            self.definition = LabelWordTask("{text}", (), options.max_length)
+        elif options.task == "classify":
             words = options.label_words
             if words is None:
                 if not all(isinstance(c, str) for c in self.classes):
@@ -124,9 +146,23 @@ class Task:
         return Dataset.from_dict({"prompt": [str(p) for p in data[o.prompt_column]],
                                   "response": [str(r) for r in data[o.response_column]]})
 
+    def count_truncated(self, data) -> int:
+        """Examples whose prompt (and response) exceed ``max_length`` tokens."""
+        o, template = self.options, self.definition.template
+        if o.task == "classify":
+            texts = [template.format(text=t) for t in data["text"]]
+        else:
+            texts = [template.format(prompt=p) + r for p, r in zip(data["prompt"], data["response"])]
+        return sum(len(ids) > o.max_length for ids in self.tokenizer(texts).input_ids)
+
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         from datasets import Dataset
 
+        if self.head:
+            inputs = self.tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True, truncation=True,
+                                    max_length=self.options.max_length)
+            inputs["labels"] = torch.tensor([r["label"] for r in rows])
+            return dict(inputs)
         batch = Dataset.from_list(rows)
         if self.options.task == "classify":
             inputs, labels = next(self.definition.batches(self.tokenizer, batch, len(rows)))
@@ -135,7 +171,7 @@ class Task:
         return next(self.definition.batches(self.tokenizer, batch, len(rows)))
 
     def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], booster: Booster) -> torch.Tensor:
-        if self.options.task == "classify":
+        if self.options.task == "classify" and not self.head:
             targets = inputs.pop("labels")
             logits = model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
             loss = nn.functional.cross_entropy(logits, targets)
@@ -144,6 +180,8 @@ class Task:
         return model(**inputs).loss
 
     def evaluate(self, model: nn.Module, data) -> dict[str, float]:
+        if self.head:
+            return {"accuracy": head_accuracy(model, self.collate, data)}
         if self.options.task == "classify":
             return {"accuracy": label_word_accuracy(model, self.tokenizer, self.definition, data)}
         return response_loss(model, self.tokenizer, self.definition, data)
@@ -171,6 +209,95 @@ class _MetricsLog(transformers.TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, "round": self.booster.round, **logs}) + "\n")
 
 
+class _StopOnInterrupt(transformers.TrainerCallback):
+    """Ctrl-C finishes the current step, writes a checkpoint and stops, so ``--resume`` can continue."""
+
+    def __init__(self):
+        self.interrupted = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGINT, self._interrupt)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _interrupt(self, signum, frame):
+        if self.interrupted:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\nloraboost: interrupted; saving a checkpoint after this step (Ctrl-C again to abort) ...",
+              file=sys.stderr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class _Progress(transformers.TrainerCallback):
+    """One progress bar with the recent loss and the live round, instead of a printed dict per step."""
+
+    def __init__(self, booster: Booster, label: str):
+        self.booster, self.label, self.bar, self.losses = booster, label, None, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=f"train {self.label}",
+                            unit="step", file=sys.stderr)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.losses = (self.losses + [float(logs["loss"])])[-10:]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            loss = f"{sum(self.losses) / len(self.losses):.3f}" if self.losses else "-"
+            self.bar.set_postfix(loss=loss, round=self.booster.round)
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs, sampled every 50 ms (CPU runs)."""
+
+    def __enter__(self):
+        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        process = psutil.Process()
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes held in the optimizer's state tensors (Adam: two moments per parameter with a gradient)."""
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for v in state.values() if torch.is_tensor(v))
+
+
+class _OptimizerStatePeak(transformers.TrainerCallback):
+    """The largest optimizer state of the run, read right after each optimizer step (before a round
+    change resets the finished booster's state)."""
+
+    def __init__(self):
+        self.peak = 0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.peak = max(self.peak, optimizer_state_bytes(optimizer))
+
+
 def prepare(options: RunOptions, boost: BoostConfig):
     """Load and check everything before any output is written; returns what training needs."""
     if options.task == "classify" and options.data == "default":
@@ -188,9 +315,20 @@ def prepare(options: RunOptions, boost: BoostConfig):
     if options.validation_size:
         sizes["validation"] = options.validation_size
     raw_splits = sample_splits(data, sizes, options.seed)  # checked before the (slow) model load
-    model, tokenizer = load_model(options.model, options.task)
-    task = Task(options, tokenizer, data)
+    classes = None
+    if options.task == "classify":
+        classes = sorted(set(data[options.label_column]))
+        if len(classes) < 2:
+            raise ValueError(f"label_column={options.label_column!r} has a single class {classes}; "
+                             "classification needs at least two.")
+    model, tokenizer = load_model(options.model, options.task, num_labels=len(classes) if classes else None)
+    task = Task(options, tokenizer, classes, head=is_encoder(model_folder(options.model)))
     splits = {name: task.prepare(split) for name, split in raw_splits.items()}
+    task.truncated = sum(task.count_truncated(split) for split in splits.values())
+    if task.truncated:
+        total = sum(len(split) for split in splits.values())
+        print(f"loraboost: {task.truncated} of {total} examples are longer than max_length={options.max_length} "
+              "tokens and are truncated (classification keeps the end of the prompt).", file=sys.stderr)
     return model, tokenizer, task, splits
 
 
@@ -206,6 +344,9 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     model, tokenizer, task, splits = prepare(options, boost)
     if options.overwrite and out.exists() and not options.resume:
         shutil.rmtree(out)
+    if task.head and boost.modules_to_save is None:
+        # The new classification head trains in every round and is saved with the adapter.
+        boost = dataclasses.replace(boost, modules_to_save=[head_module_name(model)])
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({"options": asdict(options), "boost": boost.to_dict()}, indent=1))
 
@@ -217,15 +358,32 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
         weight_decay=0.0, save_strategy="steps", save_steps=options.save_steps, logging_steps=1, seed=options.seed,
         data_seed=options.seed, report_to=options.report_to, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
     )
+    interrupt, optimizer_peak = _StopOnInterrupt(), _OptimizerStatePeak()
     trainer = _TaskTrainer(model=booster.model, args=args, train_dataset=splits["train"], data_collator=task.collate,
-                           callbacks=[BoostCallback(booster), _MetricsLog(out / "metrics.jsonl", booster)],
+                           callbacks=[BoostCallback(booster), _MetricsLog(out / "metrics.jsonl", booster), interrupt,
+                                      optimizer_peak],
                            task=task, booster=booster)
-    trainer.train(resume_from_checkpoint=True if options.resume and _has_checkpoint(out) else None)
+    # Every step is logged to metrics.jsonl; the console gets one bar instead of a printed dict per step.
+    trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer.add_callback(_Progress(booster, f"{boost.method} seed {options.seed}"))
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        trainer.train(resume_from_checkpoint=True if options.resume and _has_checkpoint(out) else None)
+    if interrupt.interrupted:
+        raise KeyboardInterrupt(f"stopped at step {booster.global_step}; continue with --resume --output {out}")
+    seconds = time.perf_counter() - start
     booster.save_state(out / STATE)
     booster.save_adapter(out / "adapter", overwrite=True)
     metrics = {name: task.evaluate(booster.model, split) for name, split in splits.items() if name != "train"}
-    summary = {"method": boost.method, "steps": booster.global_step, "rounds_merged": len(booster.ledger),
-               "trainable_parameters": sum(p.numel() for p in booster.parameters()), "metrics": metrics}
+    summary = {
+        "method": boost.method, "seed": options.seed, "steps": booster.global_step, "rounds_merged": len(booster.ledger),
+        "trainable_parameters": sum(p.numel() for p in booster.parameters()),
+        "live_trainable_parameters": sum(p.numel() for s in booster.live_slots for p in (s.A, s.B) if p.requires_grad),
+        "optimizer_state_bytes": optimizer_peak.peak,
+        "peak_memory_bytes": memory.peak, "train_seconds": seconds, "truncated_examples": task.truncated,
+        "metrics": metrics,
+    }
     (out / FINISHED).write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -241,6 +399,28 @@ def load_run(folder: str | Path) -> tuple[RunOptions, BoostConfig, Booster, Any,
     booster = Booster(model, boost)
     booster.load_state(folder / STATE)
     return options, boost, booster, tokenizer, task, splits
+
+
+def head_module_name(model: nn.Module) -> str:
+    """The classification head of a sequence-classification model (``classifier`` for BERT, ``score`` else)."""
+    for name in ("classifier", "score"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ValueError(f"cannot find the classification head of {type(model).__name__}; set modules_to_save to its name.")
+
+
+@torch.no_grad()
+def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32) -> float:
+    """Share of examples whose gold class has the largest logit of the classification head."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        inputs = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+        labels = inputs.pop("labels")
+        correct += int((model(**inputs).logits.argmax(-1) == labels).sum())
+    model.train(was_training)
+    return correct / len(data)
 
 
 def _has_checkpoint(folder: Path) -> bool:
