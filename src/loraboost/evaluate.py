@@ -50,13 +50,6 @@ def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
     return model(**inputs, logits_to_keep=1).logits[:, -1, :]
 
 
-def label_word_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                    label_ids: list[int]) -> torch.Tensor:
-    """Cross-entropy of the gold label word over the whole vocabulary, at the answer position."""
-    targets = torch.tensor(label_ids)[labels]
-    return nn.functional.cross_entropy(answer_logits(model, inputs).float(), targets)
-
-
 @torch.no_grad()
 def label_word_accuracy(model: nn.Module, tokenizer, task: LabelWordTask, data: Dataset,
                         batch_size: int = 32, progress=None) -> float:

@@ -23,7 +23,7 @@ from .assets import default_model_dir
 from .booster import Booster
 from .config import BoostConfig
 from .data import load_data, movie_reviews, require_columns, sample_splits
-from .evaluate import LabelWordTask, ResponseTask, label_word_accuracy, response_loss
+from .evaluate import LabelWordTask, ResponseTask, answer_logits, label_word_accuracy, response_loss
 from .hf import BoostCallback
 
 FINISHED = "summary.json"  # written last: a folder without it is not a finished run
@@ -172,9 +172,8 @@ class Task:
 
     def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], booster: Booster) -> torch.Tensor:
         if self.options.task == "classify" and not self.head:
-            targets = inputs.pop("labels")
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
-            loss = nn.functional.cross_entropy(logits, targets)
+            targets = inputs.pop("labels")  # label-word token ids (see collate)
+            loss = nn.functional.cross_entropy(answer_logits(model, inputs).float(), targets)
             # The model computed no loss of its own, so the norm penalty's hook did not fire.
             return loss + booster.penalty().to(loss.device) if booster.config.norm_penalty > 0 else loss
         return model(**inputs).loss
