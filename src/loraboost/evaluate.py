@@ -102,7 +102,7 @@ class ResponseTask:
 
 @torch.no_grad()
 def response_loss(model: nn.Module, tokenizer, task: ResponseTask, data: Dataset, batch_size: int = 16,
-                  prompt_column: str = "prompt", response_column: str = "response") -> dict[str, float]:
+                  prompt_column: str = "prompt", response_column: str = "response", progress=None) -> dict[str, float]:
     """Mean loss per response token on held-out pairs, and its perplexity."""
     was_training = model.training
     model.eval()
@@ -111,6 +111,8 @@ def response_loss(model: nn.Module, tokenizer, task: ResponseTask, data: Dataset
         count = int((batch["labels"][:, 1:] != -100).sum())
         total += model(**batch).loss.item() * count
         tokens += count
+        if progress is not None:
+            progress.update(len(batch["input_ids"]))
     model.train(was_training)
     loss = total / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(loss)}

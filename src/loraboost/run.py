@@ -179,11 +179,14 @@ class Task:
         return model(**inputs).loss
 
     def evaluate(self, model: nn.Module, data) -> dict[str, float]:
-        if self.head:
-            return {"accuracy": head_accuracy(model, self.collate, data)}
-        if self.options.task == "classify":
-            return {"accuracy": label_word_accuracy(model, self.tokenizer, self.definition, data)}
-        return response_loss(model, self.tokenizer, self.definition, data)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(data), desc="evaluate", unit="ex", file=sys.stderr) as bar:
+            if self.head:
+                return {"accuracy": head_accuracy(model, self.collate, data, progress=bar)}
+            if self.options.task == "classify":
+                return {"accuracy": label_word_accuracy(model, self.tokenizer, self.definition, data, progress=bar)}
+            return response_loss(model, self.tokenizer, self.definition, data, progress=bar)
 
 
 class _TaskTrainer(transformers.Trainer):
@@ -409,7 +412,7 @@ def head_module_name(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32) -> float:
+def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32, progress=None) -> float:
     """Share of examples whose gold class has the largest logit of the classification head."""
     was_training = model.training
     model.eval()
@@ -418,6 +421,8 @@ def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32) -> floa
         inputs = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
         labels = inputs.pop("labels")
         correct += int((model(**inputs).logits.argmax(-1) == labels).sum())
+        if progress is not None:
+            progress.update(len(labels))
     model.train(was_training)
     return correct / len(data)
 
