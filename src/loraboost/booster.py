@@ -110,8 +110,7 @@ class Booster:
         self.side_paths: dict[str, LowRankSidePath] = {
             s.name: LowRankSidePath(s.lora.get_base_layer()) for s in self.slots if is_quantized(s.base_weight)
         }
-        self.round = 0  # index of the live round
-        self.global_step = 0  # optimizer steps taken so far
+        self.global_step = 0  # optimizer steps taken so far; the live round follows from it
         self._checked_optimizer: weakref.ref | None = None
         self._initialise(self.slots, round_index=0)
         self._activate(self.plan.layers(0))
@@ -125,9 +124,17 @@ class Booster:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     @property
+    def round(self) -> int:
+        """Index of the live round (derived from ``global_step`` by the plan)."""
+        return self.plan.round_at(self.global_step)
+
+    @property
     def live_slots(self) -> tuple[Slot, ...]:
         """The boosters of the live round."""
-        layers = set(self.plan.layers(self.round))
+        return self._slots_of(self.round)
+
+    def _slots_of(self, round_index: int) -> tuple[Slot, ...]:
+        layers = set(self.plan.layers(round_index))
         return tuple(s for s in self.slots if s.layer in layers)
 
     @property
@@ -150,11 +157,12 @@ class Booster:
         Call after ``optimizer.step()``. Returns True when this call ended a round.
         """
         self._check_optimizer(optimizer)
+        live = self.round
         self.global_step += 1
-        end = self.plan.round_end(self.round)
+        end = self.plan.round_end(live)
         if end is None or self.global_step < end:
             return False
-        self._change_round(optimizer)
+        self._change_round(optimizer, finished_round=live)
         return True
 
     def penalty(self) -> torch.Tensor:
@@ -221,17 +229,16 @@ class Booster:
 
     # ------------------------------------------------------------------ round change
     @torch.no_grad()
-    def _change_round(self, optimizer: torch.optim.Optimizer) -> None:
-        finished = self.live_slots
+    def _change_round(self, optimizer: torch.optim.Optimizer, finished_round: int) -> None:
+        finished = self._slots_of(finished_round)
         scale = self.scaling
         for slot in finished:
             self._apply_merge(slot, slot.A, slot.B, scale)
-            self.ledger.append(self.round, slot.name, scale, slot.A, slot.B)
-        self.round += 1
-        self._initialise(finished, self.round)
+            self.ledger.append(finished_round, slot.name, scale, slot.A, slot.B)
+        self._initialise(finished, finished_round + 1)
         reset_optimizer_state(optimizer, [p for s in finished for p in (s.A, s.B)],
                               self.config.optimizer_reset, self.config.prune_ratio)
-        self._activate(self.plan.layers(self.round))
+        self._activate(self.plan.layers(finished_round + 1))
 
     @torch.no_grad()
     def _apply_merge(self, slot: Slot, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:

@@ -26,8 +26,8 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     """``{"meta": JSON-able dict, "tensors": flat dict}``: everything needed to resume.
 
     The plan draws each round's layers and initial factors from generators seeded by (seed, round),
-    so the position (step and round) is the whole of its random state. Merge residuals are not
-    stored: replaying the ledger on load rebuilds them exactly.
+    so the step count (the round follows from it) is the whole of its random state. Merge residuals
+    are not stored: replaying the ledger on load rebuilds them exactly.
     """
     records, tensors = booster.ledger.to_state()
     for name, param in _extra_trainables(booster):  # modules_to_save, e.g. a classification head
@@ -41,7 +41,6 @@ def booster_state(booster: Booster) -> dict[str, Any]:
         "model_class": type(booster.model.get_base_model()).__name__,
         "modules": {s.name: list(s.base_weight.shape) for s in booster.slots},
         "global_step": booster.global_step,
-        "round": booster.round,
         "total_steps": booster.plan.total_steps,
         "ledger": records,
     }
@@ -68,7 +67,6 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
     if meta["total_steps"] is not None:
         booster.set_total_steps(meta["total_steps"])
     booster.global_step = meta["global_step"]
-    booster.round = meta["round"]
     booster._freeze_factors()
     booster._activate(booster.plan.layers(booster.round))
 

@@ -69,6 +69,8 @@ class RoundPlan:
 
     def round_at(self, step: int) -> int:
         """The round that is live after ``step`` optimizer steps have been taken."""
+        if step == 0:
+            return 0  # known before the run's length is
         if self.steps_per_round is not None:
             t = step // self.steps_per_round
             return t if self.rounds is None else min(t, self.rounds - 1)
