@@ -220,9 +220,36 @@ def test_encoder_classifies_with_a_head_trained_every_round(tiny_encoder, review
     assert saved["boost"]["modules_to_save"] == ["classifier"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds_merged"] == 2 and 0 <= summary["metrics"]["test"]["accuracy"] <= 1
+    # Trained per step: rank-8 A and B on query and value of both blocks, and the 2-class head.
+    assert summary["live_trainable_parameters"] == 2 * 2 * (8 * 32 + 32 * 8) + (32 * 2 + 2)
     from safetensors import safe_open
 
     with safe_open(run / "adapter" / "adapter_model.safetensors", "pt") as f:
         assert "base_model.model.classifier.weight" in set(f.keys())  # the head travels with the adapter
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "eval.json").read_text()) == summary["metrics"]
+
+
+def test_full_finetune_trains_every_weight_and_saves_a_plain_model(tiny_model, reviews_csv, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model, reviews_csv, run, "--full-finetune", "--learning-rate", "5e-3")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model)
+    every_weight = sum(p.numel() for p in base.parameters())
+    assert summary["method"] == "full" and summary["rounds_merged"] == 0
+    assert summary["trainable_parameters"] == summary["live_trainable_parameters"] == every_weight
+    assert summary["optimizer_state_bytes"] >= 2 * 4 * every_weight  # Adam's two fp32 moments per weight
+    tuned = transformers.AutoModelForCausalLM.from_pretrained(run / "model")
+    changed = [name for name, p in tuned.named_parameters() if not torch.equal(p, base.get_parameter(name))]
+    assert len(changed) == len(list(base.parameters()))  # every tensor moved
+    assert not (run / "adapter").exists()
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2  # no booster to load: the message points at the plain model
+    assert "full fine-tuning run" in capsys.readouterr().err
+
+
+def test_numbers_in_exponent_form_are_read_as_numbers():
+    from loraboost.cli import parse_value
+
+    assert parse_value("5e-5") == 5e-5 and parse_value("1.0e-3") == 1e-3 and parse_value("3") == 3
+    assert parse_value("q_proj,v_proj") == ["q_proj", "v_proj"] and parse_value("none") is None

@@ -1,0 +1,255 @@
+"""Speed and memory, side by side: loraboost's presets against plain PEFT LoRA under transformers' Trainer.
+
+One process times every arm on the same model and the same batches, interleaving the arms in
+repetitions so that machine noise hits them alike, and reports step times as ratios:
+
+- ``peft-lora``: the anchor, plain PEFT LoRA r=8 on the attention query/value projections, trained by
+  the plain Trainer without loraboost;
+- ``lora``, ``xgblora``, ``cola``: loraboost presets at their defaults, trained by the same Trainer
+  with BoostCallback;
+- ``floor``: the limit any adapter method could reach: the model's forward pass plus the backward pass
+  an adapter needs, with negligible adapter compute (one rank-1 PEFT adapter on the lowest block's query
+  projection, so the gradient still flows through every block).
+
+Then: the cost of an XGBLoRA round change as a share of training time at its default kappa, and each
+arm's peak resident memory, measured in a fresh process per arm so that arms do not share a peak.
+
+    python bench/speed.py [--model default] [--steps 10] [--repeats 3] [--batch 8] [--length 64]
+    python bench/speed.py --profile xgblora      # where an arm's step time goes (torch.profiler)
+
+Writes bench/results/speed.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from loraboost import Booster, BoostCallback, BoostConfig
+from loraboost.assets import MOVIE_REVIEWS, data_file
+from loraboost.run import model_folder
+
+ARMS = ("peft-lora", "lora", "xgblora", "cola", "floor")
+GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
+
+
+def real_batches(tokenizer, count: int, batch: int, length: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` causal-LM batches of ``batch`` x ``length`` tokens of real movie-review text."""
+    lines = data_file(MOVIE_REVIEWS).read_text(encoding="latin-1").splitlines()[1:]
+    text = " ".join(line.split("\t")[-1] for line in lines[: 60 * count * batch])
+    ids = tokenizer(text, return_tensors="pt").input_ids[0][: count * batch * length].view(count * batch, length)
+    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SETTINGS = {"dtype": torch.float32}  # set once from the command line
+
+
+RANDOM_VOCAB = 49152  # SmolLM2's vocabulary size
+
+
+def random_llama(folder: Path) -> Path:
+    """A Llama-3.2-1B-shaped model (16 blocks, hidden 2048, GQA 32/8 heads, MLP 8192, vocabulary 49,152:
+    1.08 B parameters) with random weights: step time does not depend on the weights' values, and no model
+    hub is reachable from the benchmark machines. Its batches are random token ids (see main)."""
+    if not (folder / "config.json").exists():
+        config = transformers.LlamaConfig(vocab_size=RANDOM_VOCAB, hidden_size=2048, intermediate_size=8192,
+                                          num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                                          max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500000.0)
+        torch.manual_seed(0)
+        transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
+    """The model to train and, for loraboost's arms, its Booster (None for the plain PEFT arms)."""
+    import peft
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=SETTINGS["dtype"])
+    if arm == "peft-lora":
+        config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+        return peft.get_peft_model(model, config), None
+    if arm == "floor":  # the lowest block only: the backward pass still runs through every block above it
+        config = peft.LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0)
+        return peft.get_peft_model(model, config), None
+    booster = Booster(model, boost or BoostConfig(method=arm))
+    return booster.model, booster
+
+
+class StepClock(transformers.TrainerCallback):
+    """Wall time between consecutive step ends: everything a step costs, the boost callback included."""
+
+    def __init__(self):
+        self.step_seconds, self._last = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last)
+        self._last = now
+
+
+class TimedBoostCallback(BoostCallback):
+    """BoostCallback whose step-end work (``booster.step``: merge and restart at a round change) is timed,
+    split by whether the round changed."""
+
+    def __init__(self, booster: Booster):
+        super().__init__(booster)
+        self.change_seconds, self.plain_seconds = [], []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        round_before, start = self.booster.round, time.perf_counter()
+        super().on_step_end(args, state, control, optimizer=optimizer, **kwargs)
+        seconds = time.perf_counter() - start
+        (self.change_seconds if self.booster.round != round_before else self.plain_seconds).append(seconds)
+
+
+def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost: BoostConfig | None = None):
+    """Train ``arm`` for one warm-up step plus ``steps`` timed steps under the Trainer; returns the
+    step clock and the boost callback (None for the plain PEFT arms)."""
+    model, booster = build(arm, model_dir, boost)
+    clock, boost_callback = StepClock(), TimedBoostCallback(booster) if booster is not None else None
+    args = transformers.TrainingArguments(
+        output_dir="/tmp/loraboost-speed", max_steps=steps + 1, per_device_train_batch_size=batch, learning_rate=1e-4,
+        lr_scheduler_type="constant", logging_strategy="no", save_strategy="no", report_to=[],
+        use_cpu=not torch.cuda.is_available(), bf16=SETTINGS["dtype"] == torch.bfloat16,
+        dataloader_drop_last=True, disable_tqdm=True, seed=0,
+    )
+    callbacks = [boost_callback, clock] if boost_callback else [clock]  # the clock last: it sees the boost work
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    transformers.Trainer(model=model, args=args, train_dataset=batches, callbacks=callbacks).train()
+    clock.step_seconds = clock.step_seconds[1:]  # the first step warms caches and allocators
+    clock.peak_gpu_bytes = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return clock, boost_callback
+
+
+def peak_memory(arm: str, args) -> int:
+    """Peak resident bytes of a fresh process that loads the model and trains ``arm`` a few steps (CPU)."""
+    command = [sys.executable, __file__, "--memory-of", arm, "--model", args.model, "--batch", str(args.batch),
+               "--length", str(args.length), "--dtype", args.dtype]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def profile(arm: str, model_dir: Path, batches, batch: int) -> None:
+    """The top operators of ``arm``'s training steps by own CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    train_arm(arm, model_dir, batches, 1, batch)  # a warm-up run
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_arm(arm, model_dir, batches, 3, batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default",
+                        help="embedded model name, a local causal-LM folder, or 'random-1b' (Llama-3.2-1B shape, random weights)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' dtype (bf16 also autocasts)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per arm and repetition")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions; arms are interleaved within each")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--kappa-probe-steps", type=int, default=8,
+                        help="steps of the XGBLoRA run with kappa=2 that times round changes")
+    parser.add_argument("--profile", choices=ARMS, help="profile one arm instead of the comparison")
+    parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
+    parser.add_argument("--out", default="bench/results/speed.json")
+    args = parser.parse_args()
+    transformers.logging.set_verbosity_error()
+    SETTINGS["dtype"] = DTYPES[args.dtype]
+    count = max(args.steps, args.kappa_probe_steps) + 1
+    if args.model == "random-1b":
+        model_dir = random_llama(Path(args.out).parent / "random-llama-1b")
+        ids = torch.randint(RANDOM_VOCAB, (count * args.batch, args.length), generator=torch.Generator().manual_seed(0))
+        batches = [{"input_ids": row, "labels": row.clone()} for row in ids]
+    else:
+        model_dir = model_folder(args.model)
+        batches = real_batches(transformers.AutoTokenizer.from_pretrained(model_dir), count, args.batch, args.length)
+
+    if args.memory_of:
+        train_arm(args.memory_of, model_dir, batches[: 4 * args.batch], 3, args.batch)
+        # ru_maxrss is in KiB on Linux: the peak of the whole process, model load included.
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return
+    if args.profile:
+        profile(args.profile, model_dir, batches, args.batch)
+        return
+
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    gpu_peak: dict[str, int] = {}
+    for repeat in range(args.repeats):
+        for arm in ARMS if repeat % 2 == 0 else reversed(ARMS):  # alternate the order: no arm always goes first
+            print(f"speed: repeat {repeat + 1}/{args.repeats}, {arm}", file=sys.stderr, flush=True)
+            clock = train_arm(arm, model_dir, batches, args.steps, args.batch)[0]
+            times[arm] += clock.step_seconds
+            if clock.peak_gpu_bytes is not None:
+                gpu_peak[arm] = max(gpu_peak.get(arm, 0), clock.peak_gpu_bytes)
+    median = {arm: statistics.median(t) for arm, t in times.items()}
+
+    # Round changes: XGBLoRA's default config with kappa=2, so that several changes fall in a short run.
+    default_kappa = BoostConfig(method="xgblora").steps_per_round
+    _, probe = train_arm("xgblora", model_dir, batches, args.kappa_probe_steps, args.batch,
+                         boost=BoostConfig(method="xgblora", steps_per_round=2))
+    change = statistics.fmean(probe.change_seconds)
+    plain = statistics.fmean(probe.plain_seconds)
+    share = change / (default_kappa * median["xgblora"])
+
+    # GPU: peak allocated memory per arm (reset before each); CPU: peak RSS of a fresh process per arm.
+    memory = gpu_peak or {arm: peak_memory(arm, args) for arm in ARMS}
+    memory_kind = "peak GPU memory allocated" if gpu_peak else "peak process RSS"
+    anchor = median["peft-lora"]
+    rows = []
+    for arm in ARMS:
+        ratio = median[arm] / anchor
+        goal = GOALS.get(arm)
+        rows.append({
+            "arm": arm, "median_step_seconds": median[arm], "steps_timed": len(times[arm]),
+            "ratio_to_peft_lora": ratio, "ratio_to_floor": median[arm] / median["floor"],
+            "goal": goal, "meets_goal": None if goal is None else ratio <= goal,
+            "peak_memory_bytes": memory[arm], "peak_memory_over_peft_lora": memory[arm] / memory["peft-lora"],
+        })
+    result = {
+        "date": datetime.date.today().isoformat(), "command": "python bench/speed.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                   f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": __import__("peft").__version__},
+        "model": str(model_dir), "dtype": args.dtype, "batch": [args.batch, args.length], "memory_kind": memory_kind,
+        "rows": rows,
+        "round_change": {"kappa": default_kappa, "mean_change_seconds": change, "mean_plain_step_end_seconds": plain,
+                         "changes_timed": len(probe.change_seconds), "share_of_training_at_default_kappa": share},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"| arm | median step | vs PEFT LoRA | goal | vs floor | {memory_kind} | memory vs PEFT LoRA |\n"
+          "|---|---|---|---|---|---|---|")
+    for r in rows:
+        goal = "-" if r["goal"] is None else f"<= {r['goal']:.2f} ({'met' if r['meets_goal'] else 'missed'})"
+        print(f"| {r['arm']} | {r['median_step_seconds']:.3f} s | {r['ratio_to_peft_lora']:.3f} | {goal} | "
+              f"{r['ratio_to_floor']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['peak_memory_over_peft_lora']:.3f} |")
+    print(f"\nXGBLoRA round change: {change * 1e3:.1f} ms (mean of {len(probe.change_seconds)}); step-end work "
+          f"without a change {plain * 1e6:.0f} us; at kappa={default_kappa}: {share:.3%} of training time.")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
