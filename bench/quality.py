@@ -2,7 +2,8 @@
 
 Every method trains for the same steps and batch size on the same seeded splits (COLA-style
 1000 train / 500 validation / 1000 test). Each method's peak learning rate is picked from its own
-small grid on the validation split of seed 0 (never on test); the other seeds then run at that rate.
+small grid on the validation split of seed 0 (never on test), the grid growing by a half-decade (up to
+two) while the best rate sits at its edge; the other seeds then run at the picked rate.
 Ablations of XGBLoRA (kappa, layers per round, rank, merge scale, optimizer reset, LR schedule) and of
 COLA (chain length) run at their method's picked rate. Each training is a normal `loraboost` run
 folder; finished runs are reused, so an interrupted benchmark resumes where it stopped.
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -38,6 +40,17 @@ from loraboost.run import FINISHED, FULL_MODEL, RunOptions, prepare, train
 FULL_GRID = (1e-5, 3e-5, 1e-4)
 LORA_GRID = (3e-4, 1e-3, 3e-3)
 XGB_GRID = (1e-3, 3e-3, 1e-2)  # rank-1 boosters with fresh Adam state each round learn slowly at LoRA's rates
+MAX_EXTENSIONS = 2  # half-decades added beyond a grid whose best rate sits at its edge
+
+
+def half_decade(lr: float, up: bool) -> float:
+    """The next rate on the 1-3-10 ladder: 1e-3 -> 3e-3 -> 1e-2 (up) or 1e-3 -> 3e-4 (down)."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    if round(lr / 10**exponent) == 1:
+        mantissa, exponent = (3, exponent) if up else (3, exponent - 1)
+    else:
+        mantissa, exponent = (1, exponent + 1) if up else (1, exponent)
+    return float(f"{mantissa}e{exponent}")
 
 
 @dataclass(frozen=True)
@@ -101,18 +114,24 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
          picked_lr: float | None = None) -> dict:
     """A method on one model and task: pick its LR on validation (seed 0), then run every seed at it."""
     overrides = overrides or {}
-    search = {}
-    if picked_lr is None:
-        for lr in lr_grid:
-            summary = run_once(out / name / f"lr{lr:g}-seed{seeds[0]}", options, method, overrides, seeds[0], lr)
-            search[lr] = summary["metrics"]["validation"]["accuracy"]
-        picked_lr = max(lr_grid, key=lambda lr: (search[lr], -lr))  # ties go to the smaller rate
+    search, grid = {}, sorted(lr_grid)
+    while picked_lr is None:
+        for lr in grid:
+            if lr not in search:
+                summary = run_once(out / name / f"lr{lr:g}-seed{seeds[0]}", options, method, overrides, seeds[0], lr)
+                search[lr] = summary["metrics"]["validation"]["accuracy"]
+        best = max(grid, key=lambda lr: (search[lr], -lr))  # ties go to the smaller rate
+        # A best rate at the grid's edge may not be the best at all: extend the grid by a half-decade that way.
+        if len(grid) > 1 and best in (grid[0], grid[-1]) and len(grid) < len(lr_grid) + MAX_EXTENSIONS:
+            grid = [*grid, half_decade(best, up=True)] if best == grid[-1] else [half_decade(best, up=False), *grid]
+        else:
+            picked_lr = best
     summaries = [run_once(out / name / f"lr{picked_lr:g}-seed{seed}", options, method, overrides, seed, picked_lr)
                  for seed in seeds]
     scores = [s["metrics"]["test"]["accuracy"] for s in summaries]
     return {
         "name": name, "label": method.label, "overrides": overrides, "validation_by_lr": {f"{k:g}": v for k, v in search.items()},
-        "picked_lr": picked_lr, "lr_at_grid_edge": len(search) > 1 and picked_lr in (min(lr_grid), max(lr_grid)),
+        "picked_lr": picked_lr, "lr_at_grid_edge": len(search) > 1 and picked_lr in (min(search), max(search)),
         "seeds": seeds, "test_scores": scores, "mean": statistics.fmean(scores),
         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
         "live_trainable_parameters": summaries[0]["live_trainable_parameters"],
