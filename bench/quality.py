@@ -192,8 +192,11 @@ def plot(results: dict, out: Path) -> None:
             ax.set_ylim(max(0.0, min(trained) - 0.08), min(1.0, max(trained) + 0.04))
             ax.set_xticks(range(len(rows)), labels, rotation=18, ha="right", fontsize=8)
             ax.set_ylabel("test accuracy")
-            ax.set_title(f"{name}: mean over seeds, dots are single runs" + (" (base model below the axis)"
-                         if key == "grid" and rows[0]["mean"] < ax.get_ylim()[0] else ""))
+            ax.set_title(f"{name}: mean over seeds, dots are single runs")
+            base = next((r for r in rows if r["name"] == "base"), None)
+            if base is not None and base["mean"] < ax.get_ylim()[0]:  # an untrained head: far below the rest
+                ax.annotate(f"{base['mean']:.3f}\n(below the axis)", (0, ax.get_ylim()[0]), xytext=(0, 12),
+                            textcoords="offset points", ha="center", fontsize=8)
         fig.tight_layout()
         fig.savefig(out / filename, dpi=100)
         plt.close(fig)

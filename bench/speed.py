@@ -12,10 +12,12 @@ repetitions so that machine noise hits them alike, and reports step times as rat
   projection, so the gradient still flows through every block).
 
 Then: the cost of an XGBLoRA round change as a share of training time at its default kappa, and each
-arm's peak resident memory, measured in a fresh process per arm so that arms do not share a peak.
+arm's peak memory while training (GPU: peak allocated; CPU: peak resident memory of a fresh process per
+arm, its peak mark reset once the model is loaded; `--memory-only` measures just that).
 
     python bench/speed.py [--model default] [--steps 10] [--repeats 3] [--batch 8] [--length 64]
     python bench/speed.py --profile xgblora      # where an arm's step time goes (torch.profiler)
+    python bench/speed.py --memory-only          # only the peak memory per arm
 
 Writes bench/results/speed.json and prints a Markdown table.
 """
@@ -26,7 +28,6 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,8 @@ def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost:
     """Train ``arm`` for one warm-up step plus ``steps`` timed steps under the Trainer; returns the
     step clock and the boost callback (None for the plain PEFT arms)."""
     model, booster = build(arm, model_dir, boost)
+    if SETTINGS.get("training_peak_only"):
+        reset_peak_rss()  # loading the model peaks higher than training at this size; measure training alone
     clock, boost_callback = StepClock(), TimedBoostCallback(booster) if booster is not None else None
     args = transformers.TrainingArguments(
         output_dir="/tmp/loraboost-speed", max_steps=steps + 1, per_device_train_batch_size=batch, learning_rate=1e-4,
@@ -139,8 +142,22 @@ def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost:
     return clock, boost_callback
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux: writing 5 to /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss() -> int:
+    """Peak resident bytes of this process since start or the last ``reset_peak_rss`` (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
+
+
 def peak_memory(arm: str, args) -> int:
-    """Peak resident bytes of a fresh process that loads the model and trains ``arm`` a few steps (CPU)."""
+    """Peak resident bytes while training ``arm`` a few steps, in a fresh process with its peak mark reset
+    after the model is loaded (CPU)."""
     command = [sys.executable, __file__, "--memory-of", arm, "--model", args.model, "--batch", str(args.batch),
                "--length", str(args.length), "--dtype", args.dtype]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -170,6 +187,7 @@ def main() -> None:
     parser.add_argument("--kappa-probe-steps", type=int, default=8,
                         help="steps of the XGBLoRA run with kappa=2 that times round changes")
     parser.add_argument("--profile", choices=ARMS, help="profile one arm instead of the comparison")
+    parser.add_argument("--memory-only", action="store_true", help="only each arm's peak memory while training")
     parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
     parser.add_argument("--out", default="bench/results/speed.json")
     args = parser.parse_args()
@@ -185,9 +203,13 @@ def main() -> None:
         batches = real_batches(transformers.AutoTokenizer.from_pretrained(model_dir), count, args.batch, args.length)
 
     if args.memory_of:
+        SETTINGS["training_peak_only"] = True
         train_arm(args.memory_of, model_dir, batches[: 4 * args.batch], 3, args.batch)
-        # ru_maxrss is in KiB on Linux: the peak of the whole process, model load included.
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        print(peak_rss())
+        return
+    if args.memory_only:
+        for arm in ARMS:
+            print(f"| {arm} | {peak_memory(arm, args) / 2**30:.3f} GiB |")
         return
     if args.profile:
         profile(args.profile, model_dir, batches, args.batch)
@@ -214,7 +236,7 @@ def main() -> None:
 
     # GPU: peak allocated memory per arm (reset before each); CPU: peak RSS of a fresh process per arm.
     memory = gpu_peak or {arm: peak_memory(arm, args) for arm in ARMS}
-    memory_kind = "peak GPU memory allocated" if gpu_peak else "peak process RSS"
+    memory_kind = "peak GPU memory allocated" if gpu_peak else "peak RSS while training"
     anchor = median["peft-lora"]
     rows = []
     for arm in ARMS:
