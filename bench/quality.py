@@ -202,6 +202,41 @@ def plot(results: dict, out: Path) -> None:
         plt.close(fig)
 
 
+def plot_curves(results: dict, out: Path) -> None:
+    """curves.png: training loss of each grid method (seed 0, picked LR, moving average over 10 steps),
+    one panel per model and task; dotted lines mark XGBLoRA's round ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, [r for r in rows if r.get("loss_curve") and Path(r["loss_curve"]).exists()])
+              for name, rows in results["grid"].items()]
+    panels = [(name, rows) for name, rows in panels if rows]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.8 * len(panels)), squeeze=False)
+    for ax, (name, rows) in zip(axes[:, 0], panels):
+        for r in rows:
+            logs = [json.loads(line) for line in Path(r["loss_curve"]).read_text().splitlines()]
+            logs = [e for e in logs if "loss" in e]
+            losses = [e["loss"] for e in logs]
+            smooth = [statistics.fmean(losses[max(0, i - 9):i + 1]) for i in range(len(losses))]
+            ax.plot([e["step"] for e in logs], smooth, label=r["label"], lw=1.3,
+                    ls="--" if r["name"] in ("full",) else "-")
+            if r["name"] == "xgblora":
+                for before, after in zip(logs, logs[1:]):
+                    if after["round"] != before["round"]:
+                        ax.axvline(after["step"], color="gray", ls=":", lw=0.8)
+        ax.set_title(f"{name}: training loss (seed 0, picked LR, mean of the last 10 steps); dotted: XGBLoRA merges")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+
+
 def write(results: dict, out: Path) -> None:
     (out / "quality.json").write_text(json.dumps(results, indent=1))
     parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
@@ -212,6 +247,7 @@ def write(results: dict, out: Path) -> None:
         parts += [f"### Ablations, {name}", "", table(rows, ablation=True), ""]
     (out / "quality.md").write_text("\n".join(parts))
     plot(results, out)
+    plot_curves(results, out)
 
 
 def main() -> None:
