@@ -1,0 +1,43 @@
+"""The quality benchmark's protocol: the learning rate is picked on validation (never test), and a grid
+whose best rate sits at its edge grows by half-decades before the pick is accepted."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "bench" / "quality.py")
+quality = sys.modules["quality"] = importlib.util.module_from_spec(SPEC)  # dataclasses look their module up
+SPEC.loader.exec_module(quality)
+
+
+def test_half_decades_follow_the_1_3_10_ladder():
+    assert [quality.half_decade(lr, up=True) for lr in (1e-4, 3e-4, 3e-3)] == [3e-4, 1e-3, 1e-2]
+    assert [quality.half_decade(lr, up=False) for lr in (1e-5, 3e-5, 1e-3)] == [3e-6, 1e-5, 3e-4]
+
+
+def fake_runs(monkeypatch, validation, test):
+    """run_once replaced by a table: validation and test accuracy as functions of the rate and seed."""
+    calls = []
+
+    def run_once(folder, options, method, overrides, seed, lr):
+        calls.append((seed, lr))
+        return {"metrics": {"validation": {"accuracy": validation(lr)}, "test": {"accuracy": test(lr, seed)}},
+                "live_trainable_parameters": 1, "trainable_parameters": 1, "optimizer_state_bytes": 8,
+                "peak_memory_bytes": 1, "train_seconds": 1.0, "steps": 10, "rounds_merged": 0}
+
+    monkeypatch.setattr(quality, "run_once", run_once)
+    return calls
+
+
+@pytest.mark.parametrize("peak, picked, edge", [(1e-3, 1e-3, False), (1e-2, 1e-2, False), (1.0, 3e-2, True)])
+def test_grid_grows_towards_a_best_rate_at_its_edge(monkeypatch, tmp_path, peak, picked, edge):
+    # Validation accuracy peaks at `peak`; test accuracy prefers another rate, and must not be looked at.
+    calls = fake_runs(monkeypatch, validation=lambda lr: -abs(lr - peak), test=lambda lr, seed: lr)
+    result = quality.cell(tmp_path, None, "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
+    assert result["picked_lr"] == picked and result["lr_at_grid_edge"] == edge
+    searched = {lr for seed, lr in calls if seed == 0}  # the picked rate is asked for twice on seed 0
+    assert len(searched) <= 3 + quality.MAX_EXTENSIONS
+    assert [(seed, lr) for seed, lr in calls if seed != 0] == [(1, picked), (2, picked)]
+    assert result["test_scores"] == [picked] * 3
