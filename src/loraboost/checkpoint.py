@@ -30,7 +30,7 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     are not stored: replaying the ledger on load rebuilds them exactly.
     """
     records, tensors = booster.ledger.to_state()
-    for name, param in _extra_trainables(booster):  # modules_to_save, e.g. a classification head
+    for name, param in extra_trainables(booster):  # modules_to_save, e.g. a classification head
         tensors[f"trainable.{name}"] = full_tensor(param.detach()).cpu().clone()
     for slot in booster.slots:
         tensors[f"live.{slot.name}.A"] = full_tensor(slot.A.detach()).cpu().clone()
@@ -59,7 +59,7 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
             slot = slots[entry.module]
             A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
             booster._apply_merge(slot, A, B, entry.scale)
-        for name, param in _extra_trainables(booster):
+        for name, param in extra_trainables(booster):
             param.copy_(as_local_layout(tensors[f"trainable.{name}"], param))
         for slot in booster.slots:
             slot.A.copy_(as_local_layout(tensors[f"live.{slot.name}.A"], slot.A))
@@ -96,7 +96,7 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     return {"meta": meta, "tensors": tensors}
 
 
-def _extra_trainables(booster: Booster) -> list[tuple[str, torch.nn.Parameter]]:
+def extra_trainables(booster: Booster) -> list[tuple[str, torch.nn.Parameter]]:
     """Trainable parameters that are not booster factors: ``modules_to_save`` copies such as a head."""
     factors = {id(p) for s in booster.slots for p in (s.A, s.B)}
     return [(n, p) for n, p in booster.model.named_parameters() if p.requires_grad and id(p) not in factors]
@@ -128,7 +128,7 @@ def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str,
     missing = sorted(set(ours) - set(meta["modules"]))
     if missing:
         raise ValueError(f"this booster targets module {missing[0]!r}, which the state does not have.")
-    for name, param in _extra_trainables(booster):
+    for name, param in extra_trainables(booster):
         saved_tensor = tensors.get(f"trainable.{name}")
         if saved_tensor is None or saved_tensor.shape != param.shape:
             raise ValueError(f"the trained module parameter {name!r} is missing or misshapen in the state; "

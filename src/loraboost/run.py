@@ -22,6 +22,7 @@ from torch import nn
 from .assets import default_model_dir, minilm_dir
 from .atomic import atomic_folder
 from .booster import Booster
+from .checkpoint import extra_trainables
 from .config import BoostConfig
 from .data import EMBEDDED, load_data, require_columns, sample_splits
 from .evaluate import LabelWordTask, ResponseTask, answer_logits, label_word_accuracy, response_loss
@@ -399,9 +400,8 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
         booster.save_state(out / STATE)
         booster.save_adapter(out / "adapter", overwrite=True)
         trainable = sum(p.numel() for p in booster.parameters())
-        factors = {id(p) for s in booster.slots for p in (s.A, s.B)}
         live = (sum(p.numel() for s in booster.live_slots for p in (s.A, s.B) if p.requires_grad)
-                + sum(p.numel() for p in booster.parameters() if id(p) not in factors))  # e.g. a classifier head
+                + sum(p.numel() for _, p in extra_trainables(booster)))  # e.g. a classifier head
         rounds = len(booster.ledger)
     metrics = {name: task.evaluate(trained, split) for name, split in splits.items() if name != "train"}
     summary = {
