@@ -20,16 +20,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraboost import Booster, BoostConfig
-from loraboost.assets import MOVIE_REVIEWS, data_file, default_model_dir
+from loraboost.assets import default_model_dir
+from review_text import review_token_rows
 
 BATCH, LENGTH = 8, 64
 
 
 def real_batch(tokenizer) -> dict[str, torch.Tensor]:
     """8 sequences of 64 tokens of real movie-review text."""
-    lines = data_file(MOVIE_REVIEWS).read_text(encoding="latin-1").splitlines()
-    text = " ".join(line.split("\t")[-1] for line in lines[:400])
-    ids = tokenizer(text, return_tensors="pt").input_ids[0][: BATCH * LENGTH].view(BATCH, LENGTH)
+    ids = review_token_rows(tokenizer, BATCH, LENGTH)
     return {"input_ids": ids, "labels": ids.clone()}
 
 

@@ -78,6 +78,8 @@ METHODS = {
 ABLATIONS = [
     ("xgb-kappa10", "xgblora", dict(steps_per_round=10), "kappa 10"),
     ("xgb-kappa100", "xgblora", dict(steps_per_round=100), "kappa 100"),
+    # One round over the whole run: no merge at all, so what is left is rank-1 LoRA on a third of the blocks.
+    ("xgb-oneround", "xgblora", dict(rounds=1, steps_per_round=None), "one round, no merge"),
     ("xgb-layers1", "xgblora", dict(layers_per_round=1), "1 block per round"),
     ("xgb-layersall", "xgblora", dict(layers_per_round=None), "all blocks per round"),
     ("xgb-rank4", "xgblora", dict(rank=4), "rank 4"),
@@ -256,6 +258,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: movie-reviews, trec")
     parser.add_argument("--methods", default=",".join(["base", *METHODS]), help="comma-separated methods of the grid")
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
+    parser.add_argument("--ablations", default=",".join(a[0] for a in ABLATIONS), help="comma-separated ablations to run")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--output", default="runs/quality")
     parser.add_argument("--quick", action="store_true",
@@ -268,6 +271,10 @@ def main() -> None:
     for name in methods:
         if name != "base" and name not in METHODS:
             parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
+    known_ablations = [a[0] for a in ABLATIONS]
+    for name in args.ablations.split(","):
+        if name not in known_ablations:
+            parser.error(f"ablation {name!r} is unknown; use one of {', '.join(known_ablations)}.")
     sizes = SIZES
     if args.quick:
         models, tasks, seeds, sizes, out = ["minilm"], ["movie-reviews"], seeds[:1], QUICK_SIZES, out / "quick"
@@ -304,16 +311,19 @@ def main() -> None:
                     results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                     write(results, out)
             if args.part in ("ablations", "all") and not args.quick:
-                ablations = []
+                ablations = {row["name"]: row for row in results["ablations"].get(key, [])}
                 for name, base_method, overrides, label in ABLATIONS:
+                    if name not in args.ablations.split(","):
+                        continue
                     if base_method not in rows:
                         rows[base_method] = cell(folder, options, base_method, METHODS[base_method], seeds,
                                                  METHODS[base_method].lr_grid)
                         results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                     method = dataclasses.replace(METHODS[base_method], label=f"{base_method}: {label}")
-                    ablations.append(cell(folder, options, name, method, seeds, (), overrides,
-                                          picked_lr=rows[base_method]["picked_lr"]))
-                    results["ablations"][key] = [*(rows[m] for m in ("xgblora", "cola") if m in rows), *ablations]
+                    ablations[name] = cell(folder, options, name, method, seeds, (), overrides,
+                                           picked_lr=rows[base_method]["picked_lr"])
+                    results["ablations"][key] = [*(rows[m] for m in ("xgblora", "cola") if m in rows),
+                                                 *(ablations[a[0]] for a in ABLATIONS if a[0] in ablations)]
                     write(results, out)
     write(results, out)
     print((out / "quality.md").read_text())

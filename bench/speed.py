@@ -38,8 +38,8 @@ import torch
 import transformers
 
 from loraboost import Booster, BoostCallback, BoostConfig
-from loraboost.assets import MOVIE_REVIEWS, data_file
 from loraboost.run import model_folder
+from review_text import review_token_rows
 
 ARMS = ("peft-lora", "lora", "xgblora", "cola", "floor")
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
@@ -47,9 +47,7 @@ GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the ancho
 
 def real_batches(tokenizer, count: int, batch: int, length: int) -> list[dict[str, torch.Tensor]]:
     """``count`` causal-LM batches of ``batch`` x ``length`` tokens of real movie-review text."""
-    lines = data_file(MOVIE_REVIEWS).read_text(encoding="latin-1").splitlines()[1:]
-    text = " ".join(line.split("\t")[-1] for line in lines[: 60 * count * batch])
-    ids = tokenizer(text, return_tensors="pt").input_ids[0][: count * batch * length].view(count * batch, length)
+    ids = review_token_rows(tokenizer, count * batch, length)
     return [{"input_ids": row, "labels": row.clone()} for row in ids]
 
 
@@ -216,12 +214,14 @@ def main() -> None:
         return
 
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    repeat_medians: dict[str, list[float]] = {arm: [] for arm in ARMS}  # per repetition: the spread of the ratios
     gpu_peak: dict[str, int] = {}
     for repeat in range(args.repeats):
         for arm in ARMS if repeat % 2 == 0 else reversed(ARMS):  # alternate the order: no arm always goes first
             print(f"speed: repeat {repeat + 1}/{args.repeats}, {arm}", file=sys.stderr, flush=True)
             clock = train_arm(arm, model_dir, batches, args.steps, args.batch)[0]
             times[arm] += clock.step_seconds
+            repeat_medians[arm].append(statistics.median(clock.step_seconds))
             if clock.peak_gpu_bytes is not None:
                 gpu_peak[arm] = max(gpu_peak.get(arm, 0), clock.peak_gpu_bytes)
     median = {arm: statistics.median(t) for arm, t in times.items()}
@@ -241,10 +241,12 @@ def main() -> None:
     rows = []
     for arm in ARMS:
         ratio = median[arm] / anchor
+        ratio_by_repeat = [t / a for t, a in zip(repeat_medians[arm], repeat_medians["peft-lora"])]
         goal = GOALS.get(arm)
         rows.append({
             "arm": arm, "median_step_seconds": median[arm], "steps_timed": len(times[arm]),
-            "ratio_to_peft_lora": ratio, "ratio_to_floor": median[arm] / median["floor"],
+            "step_seconds": times[arm], "ratio_to_peft_lora": ratio, "ratio_by_repeat": ratio_by_repeat,
+            "ratio_to_floor": median[arm] / median["floor"],
             "goal": goal, "meets_goal": None if goal is None else ratio <= goal,
             "peak_memory_bytes": memory[arm], "peak_memory_over_peft_lora": memory[arm] / memory["peft-lora"],
         })
@@ -262,11 +264,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"| arm | median step | vs PEFT LoRA | goal | vs floor | {memory_kind} | memory vs PEFT LoRA |\n"
+    print(f"| arm | median step | vs PEFT LoRA (per repetition) | goal | vs floor | {memory_kind} | memory vs PEFT LoRA |\n"
           "|---|---|---|---|---|---|---|")
     for r in rows:
         goal = "-" if r["goal"] is None else f"<= {r['goal']:.2f} ({'met' if r['meets_goal'] else 'missed'})"
-        print(f"| {r['arm']} | {r['median_step_seconds']:.3f} s | {r['ratio_to_peft_lora']:.3f} | {goal} | "
+        spread = ", ".join(f"{x:.3f}" for x in r["ratio_by_repeat"])
+        print(f"| {r['arm']} | {r['median_step_seconds']:.3f} s | {r['ratio_to_peft_lora']:.3f} ({spread}) | {goal} | "
               f"{r['ratio_to_floor']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['peak_memory_over_peft_lora']:.3f} |")
     print(f"\nXGBLoRA round change: {change * 1e3:.1f} ms (mean of {len(probe.change_seconds)}); step-end work "
           f"without a change {plain * 1e6:.0f} us; at kappa={default_kappa}: {share:.3%} of training time.")
