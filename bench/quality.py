@@ -19,10 +19,13 @@ quality.png / ablations.png (figures).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import json
 import math
+import multiprocessing
+import os
 import platform
 import shutil
 import statistics
@@ -96,6 +99,16 @@ SIZES = dict(train_size=1000, validation_size=500, test_size=1000)
 QUICK_SIZES = dict(train_size=320, validation_size=100, test_size=200)
 
 
+RAN_AS = {"how": "one run at a time"}  # how this process trains: train times are comparable only within one kind
+RAN_AS_FILE = "ran_as.txt"
+
+
+def start_worker(threads: int, jobs: int) -> None:
+    """A pool worker's set-up: its share of the cores, and a note on how its runs were timed."""
+    torch.set_num_threads(threads)
+    RAN_AS["how"] = f"{jobs} runs side by side, {threads} torch thread(s) each"
+
+
 def run_once(folder: Path, options: RunOptions, method: Method, overrides: dict, seed: int, lr: float) -> dict:
     """One training run (reused if already finished); checkpoints and the full model are deleted after,
     since only the summary and the metrics are needed here and they cost up to GBs per run."""
@@ -105,9 +118,18 @@ def run_once(folder: Path, options: RunOptions, method: Method, overrides: dict,
     run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True,
                                       full_finetune=method.full_finetune)
     summary = train(run_options, BoostConfig(**{**method.boost, **overrides, "seed": seed}))
+    (folder / RAN_AS_FILE).write_text(RAN_AS["how"])
     for leftover in [*folder.glob("checkpoint-*"), folder / FULL_MODEL]:
         shutil.rmtree(leftover, ignore_errors=True)
     return summary
+
+
+def run_folder(out: Path, name: str, lr: float, seed: int) -> Path:
+    return out / name / f"lr{lr:g}-seed{seed}"
+
+
+def timed_as(folder: Path) -> str:
+    return (folder / RAN_AS_FILE).read_text() if (folder / RAN_AS_FILE).exists() else "not recorded"
 
 
 def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[int], lr_grid, overrides=None,
@@ -118,7 +140,7 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
     while picked_lr is None:
         for lr in grid:
             if lr not in search:
-                summary = run_once(out / name / f"lr{lr:g}-seed{seeds[0]}", options, method, overrides, seeds[0], lr)
+                summary = run_once(run_folder(out, name, lr, seeds[0]), options, method, overrides, seeds[0], lr)
                 search[lr] = summary["metrics"]["validation"]["accuracy"]
         best = max(grid, key=lambda lr: (search[lr], -lr))  # ties go to the smaller rate
         # A best rate at the grid's edge may not be the best at all: extend the grid by a half-decade that way.
@@ -126,8 +148,8 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
             grid = [*grid, half_decade(best, up=True)] if best == grid[-1] else [half_decade(best, up=False), *grid]
         else:
             picked_lr = best
-    summaries = [run_once(out / name / f"lr{picked_lr:g}-seed{seed}", options, method, overrides, seed, picked_lr)
-                 for seed in seeds]
+    folders = [run_folder(out, name, picked_lr, seed) for seed in seeds]
+    summaries = [run_once(f, options, method, overrides, seed, picked_lr) for f, seed in zip(folders, seeds)]
     scores = [s["metrics"]["test"]["accuracy"] for s in summaries]
     return {
         "name": name, "label": method.label, "overrides": overrides, "validation_by_lr": {f"{k:g}": v for k, v in search.items()},
@@ -139,8 +161,9 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
         "optimizer_state_bytes": max(s["optimizer_state_bytes"] for s in summaries),
         "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
         "train_seconds": statistics.fmean(s["train_seconds"] for s in summaries),
+        "timed_as": sorted({timed_as(f) for f in folders}),
         "steps": summaries[0]["steps"], "rounds_merged": summaries[0]["rounds_merged"],
-        "loss_curve": str(out / name / f"lr{picked_lr:g}-seed{seeds[0]}" / "metrics.jsonl"),
+        "loss_curve": str(folders[0] / "metrics.jsonl"),
     }
 
 
@@ -154,6 +177,18 @@ def base_cell(options: RunOptions, seeds: list[int]) -> dict:
             "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "live_trainable_parameters": 0, "trainable_parameters": 0, "optimizer_state_bytes": 0,
             "peak_memory_bytes": 0, "train_seconds": 0.0, "steps": 0, "rounds_merged": 0, "validation_by_lr": {}}
+
+
+def run_cells(pool: concurrent.futures.Executor | None, jobs: dict[str, tuple]):
+    """Yield (name, result) for each job ``name -> (function, *arguments)`` as it finishes: here, one after
+    another, without a pool; in the pool's worker processes, side by side, with one."""
+    if pool is None:
+        for name, (function, *arguments) in jobs.items():
+            yield name, function(*arguments)
+        return
+    futures = {pool.submit(*job): name for name, job in jobs.items()}
+    for future in concurrent.futures.as_completed(futures):
+        yield futures[future], future.result()
 
 
 def table(rows: list[dict], ablation: bool = False) -> str:
@@ -244,7 +279,8 @@ def write(results: dict, out: Path) -> None:
     parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
              f"Command: `{results['command']}`", ""]
     for name, rows in results["grid"].items():
-        parts += [f"### {name}", "", table(rows), ""]
+        timings = sorted({how for row in rows for how in row.get("timed_as", [])})
+        parts += [f"### {name}", "", table(rows), "", f"Train times measured: {'; '.join(timings) or '-'}.", ""]
     for name, rows in results["ablations"].items():
         parts += [f"### Ablations, {name}", "", table(rows, ablation=True), ""]
     (out / "quality.md").write_text("\n".join(parts))
@@ -260,6 +296,9 @@ def main() -> None:
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
     parser.add_argument("--ablations", default=",".join(a[0] for a in ABLATIONS), help="comma-separated ablations to run")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side, each with cores/jobs torch threads (small models use 2 cores "
+                             "better as 2 single-thread runs than as one 2-thread run)")
     parser.add_argument("--output", default="runs/quality")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: minilm on movie-reviews, 320/100/200 examples, 1 epoch, 1 seed, one LR per method")
@@ -275,13 +314,20 @@ def main() -> None:
     for name in args.ablations.split(","):
         if name not in known_ablations:
             parser.error(f"ablation {name!r} is unknown; use one of {', '.join(known_ablations)}.")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs} must be 1 or more.")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    # spawn, not fork: a forked child of a process that already ran OpenMP kernels can hang.
+    pool = None if args.jobs == 1 else concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker, initargs=(threads, args.jobs))
+    RAN_AS["how"] = f"one run at a time, {torch.get_num_threads()} torch threads"
     sizes = SIZES
     if args.quick:
         models, tasks, seeds, sizes, out = ["minilm"], ["movie-reviews"], seeds[:1], QUICK_SIZES, out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     results = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch threads, no GPU".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, no GPU".strip(),
         "versions": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
                     f"peft {__import__('peft').__version__}",
         "date": datetime.date.today().isoformat(), "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
@@ -296,32 +342,37 @@ def main() -> None:
             folder = out / f"{model}-{task}"
             rows = {r["name"]: r for r in results["grid"].get(key, [])}
             if args.part in ("grid", "all"):
+                jobs = {}
                 for name in methods:
                     if name == "base":
-                        rows["base"] = rows.get("base") or base_cell(options, seeds)
-                    else:
-                        method = METHODS[name]
-                        overrides, grid = {}, method.lr_grid
-                        if args.quick:  # one LR; XGBLoRA's rounds shortened so that 20 steps still merge
-                            grid = method.lr_grid[1:2]
-                            if name == "xgblora":
-                                overrides = {"steps_per_round": 5}
-                                method = dataclasses.replace(method, label=method.label.replace("kappa 50", "kappa 5"))
-                        rows[name] = cell(folder, options, name, method, seeds, grid, overrides)
+                        if "base" not in rows:
+                            jobs["base"] = (base_cell, options, seeds)
+                        continue
+                    method = METHODS[name]
+                    overrides, grid = {}, method.lr_grid
+                    if args.quick:  # one LR; XGBLoRA's rounds shortened so that 20 steps still merge
+                        grid = method.lr_grid[1:2]
+                        if name == "xgblora":
+                            overrides = {"steps_per_round": 5}
+                            method = dataclasses.replace(method, label=method.label.replace("kappa 50", "kappa 5"))
+                    jobs[name] = (cell, folder, options, name, method, seeds, grid, overrides)
+                for name, row in run_cells(pool, jobs):
+                    rows[name] = row
                     results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                     write(results, out)
             if args.part in ("ablations", "all") and not args.quick:
+                chosen = [a for a in ABLATIONS if a[0] in args.ablations.split(",")]
+                missing = {a[1] for a in chosen} - set(rows)  # ablations run at their method's picked LR
+                for name, row in run_cells(pool, {m: (cell, folder, options, m, METHODS[m], seeds, METHODS[m].lr_grid)
+                                                  for m in sorted(missing)}):
+                    rows[name] = row
+                    results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                 ablations = {row["name"]: row for row in results["ablations"].get(key, [])}
-                for name, base_method, overrides, label in ABLATIONS:
-                    if name not in args.ablations.split(","):
-                        continue
-                    if base_method not in rows:
-                        rows[base_method] = cell(folder, options, base_method, METHODS[base_method], seeds,
-                                                 METHODS[base_method].lr_grid)
-                        results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
-                    method = dataclasses.replace(METHODS[base_method], label=f"{base_method}: {label}")
-                    ablations[name] = cell(folder, options, name, method, seeds, (), overrides,
-                                           picked_lr=rows[base_method]["picked_lr"])
+                jobs = {name: (cell, folder, options, name, dataclasses.replace(METHODS[base], label=f"{base}: {label}"),
+                               seeds, (), overrides, rows[base]["picked_lr"])
+                        for name, base, overrides, label in chosen}
+                for name, row in run_cells(pool, jobs):
+                    ablations[name] = row
                     results["ablations"][key] = [*(rows[m] for m in ("xgblora", "cola") if m in rows),
                                                  *(ablations[a[0]] for a in ABLATIONS if a[0] in ablations)]
                     write(results, out)

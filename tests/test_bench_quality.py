@@ -50,3 +50,12 @@ def test_every_ablation_is_a_valid_config_that_differs_from_its_method(name, met
     base = BoostConfig(**quality.METHODS[method].boost)
     variant = BoostConfig(**{**quality.METHODS[method].boost, **overrides})
     assert variant != base and variant.method == base.method
+
+
+def test_run_cells_yields_every_job_once_with_or_without_a_pool():
+    import concurrent.futures
+
+    jobs = {f"job{i}": (pow, i, 2) for i in range(5)}
+    assert dict(quality.run_cells(None, jobs)) == {f"job{i}": i * i for i in range(5)}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        assert dict(quality.run_cells(pool, jobs)) == {f"job{i}": i * i for i in range(5)}
