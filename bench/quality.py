@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -77,20 +78,33 @@ METHODS = {
     "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
 }
 
-# Ablations: (name, the method whose picked LR it uses, overrides of that method's config, what it tests).
+class Ablation(NamedTuple):
+    """A variant of a grid method: its config overrides, run at the method's picked LR unless ``own_lr``
+    (a variant that changes the effective LR, such as a per-round schedule, gets its own pick)."""
+
+    name: str
+    method: str
+    overrides: dict
+    label: str
+    own_lr: bool = False
+
+
 ABLATIONS = [
-    ("xgb-kappa10", "xgblora", dict(steps_per_round=10), "kappa 10"),
-    ("xgb-kappa100", "xgblora", dict(steps_per_round=100), "kappa 100"),
+    Ablation("xgb-kappa10", "xgblora", dict(steps_per_round=10), "kappa 10"),
+    Ablation("xgb-kappa100", "xgblora", dict(steps_per_round=100), "kappa 100"),
     # One round over the whole run: no merge at all, so what is left is rank-1 LoRA on a third of the blocks.
-    ("xgb-oneround", "xgblora", dict(rounds=1, steps_per_round=None), "one round, no merge"),
-    ("xgb-layers1", "xgblora", dict(layers_per_round=1), "1 block per round"),
-    ("xgb-layersall", "xgblora", dict(layers_per_round=None), "all blocks per round"),
-    ("xgb-rank4", "xgblora", dict(rank=4), "rank 4"),
-    ("xgb-scale0.5", "xgblora", dict(merge_scale=0.5), "merge scale 0.5"),
-    ("xgb-keep", "xgblora", dict(optimizer_reset="keep"), "optimizer state kept"),
-    ("xgb-perround", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1), "LR schedule per round"),
-    ("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
-    ("cola-5", "cola", dict(rounds=5), "chain of 5"),
+    Ablation("xgb-oneround", "xgblora", dict(rounds=1, steps_per_round=None), "one round, no merge"),
+    Ablation("xgb-layers1", "xgblora", dict(layers_per_round=1), "1 block per round"),
+    Ablation("xgb-layersall", "xgblora", dict(layers_per_round=None), "all blocks per round"),
+    Ablation("xgb-rank4", "xgblora", dict(rank=4), "rank 4"),
+    Ablation("xgb-scale0.5", "xgblora", dict(merge_scale=0.5), "merge scale 0.5"),
+    Ablation("xgb-keep", "xgblora", dict(optimizer_reset="keep"), "optimizer state kept"),
+    Ablation("xgb-perround", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1), "LR schedule per round"),
+    # The jagged schedule lowers the mean LR (a cosine per round under the global decay): give it its own pick.
+    Ablation("xgb-perround-lr", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1),
+             "LR schedule per round, own LR pick", own_lr=True),
+    Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
+    Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
 ]
 
 MODELS = {"minilm": dict(model="minilm", epochs=3.0), "smollm2": dict(model="default", epochs=1.0)}
@@ -294,7 +308,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: movie-reviews, trec")
     parser.add_argument("--methods", default=",".join(["base", *METHODS]), help="comma-separated methods of the grid")
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
-    parser.add_argument("--ablations", default=",".join(a[0] for a in ABLATIONS), help="comma-separated ablations to run")
+    parser.add_argument("--ablations", default=",".join(a.name for a in ABLATIONS), help="comma-separated ablations to run")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs side by side, each with cores/jobs torch threads (small models use 2 cores "
@@ -310,7 +324,7 @@ def main() -> None:
     for name in methods:
         if name != "base" and name not in METHODS:
             parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
-    known_ablations = [a[0] for a in ABLATIONS]
+    known_ablations = [a.name for a in ABLATIONS]
     for name in args.ablations.split(","):
         if name not in known_ablations:
             parser.error(f"ablation {name!r} is unknown; use one of {', '.join(known_ablations)}.")
@@ -361,20 +375,21 @@ def main() -> None:
                     results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                     write(results, out)
             if args.part in ("ablations", "all") and not args.quick:
-                chosen = [a for a in ABLATIONS if a[0] in args.ablations.split(",")]
-                missing = {a[1] for a in chosen} - set(rows)  # ablations run at their method's picked LR
+                chosen = [a for a in ABLATIONS if a.name in args.ablations.split(",")]
+                missing = {a.method for a in chosen} - set(rows)  # ablations run at their method's picked LR
                 for name, row in run_cells(pool, {m: (cell, folder, options, m, METHODS[m], seeds, METHODS[m].lr_grid)
                                                   for m in sorted(missing)}):
                     rows[name] = row
                     results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                 ablations = {row["name"]: row for row in results["ablations"].get(key, [])}
-                jobs = {name: (cell, folder, options, name, dataclasses.replace(METHODS[base], label=f"{base}: {label}"),
-                               seeds, (), overrides, rows[base]["picked_lr"])
-                        for name, base, overrides, label in chosen}
+                jobs = {a.name: (cell, folder, options, a.name,
+                                 dataclasses.replace(METHODS[a.method], label=f"{a.method}: {a.label}"), seeds,
+                                 METHODS[a.method].lr_grid, a.overrides, None if a.own_lr else rows[a.method]["picked_lr"])
+                        for a in chosen}
                 for name, row in run_cells(pool, jobs):
                     ablations[name] = row
                     results["ablations"][key] = [*(rows[m] for m in ("xgblora", "cola") if m in rows),
-                                                 *(ablations[a[0]] for a in ABLATIONS if a[0] in ablations)]
+                                                 *(ablations[a.name] for a in ABLATIONS if a.name in ablations)]
                     write(results, out)
     write(results, out)
     print((out / "quality.md").read_text())

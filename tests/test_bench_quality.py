@@ -43,12 +43,12 @@ def test_grid_grows_towards_a_best_rate_at_its_edge(monkeypatch, tmp_path, peak,
     assert result["test_scores"] == [picked] * 3
 
 
-@pytest.mark.parametrize("name, method, overrides, label", quality.ABLATIONS, ids=[a[0] for a in quality.ABLATIONS])
-def test_every_ablation_is_a_valid_config_that_differs_from_its_method(name, method, overrides, label):
+@pytest.mark.parametrize("ablation", quality.ABLATIONS, ids=[a.name for a in quality.ABLATIONS])
+def test_every_ablation_is_a_valid_config_that_differs_from_its_method(ablation):
     from loraboost import BoostConfig
 
-    base = BoostConfig(**quality.METHODS[method].boost)
-    variant = BoostConfig(**{**quality.METHODS[method].boost, **overrides})
+    base = BoostConfig(**quality.METHODS[ablation.method].boost)
+    variant = BoostConfig(**{**quality.METHODS[ablation.method].boost, **ablation.overrides})
     assert variant != base and variant.method == base.method
 
 
