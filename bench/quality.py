@@ -10,7 +10,12 @@ folder; finished runs are reused, so an interrupted benchmark resumes where it s
 
     python bench/quality.py                                   # everything (both models, both tasks)
     python bench/quality.py --models minilm --tasks movie-reviews --part grid
+    python bench/quality.py --models minilm --part ablations --ablations xgb-kappa100,xgb-oneround --jobs 2
     python bench/quality.py --quick                           # a smoke run of the pipeline, minutes
+
+``--jobs 2`` trains two runs side by side with one torch thread each, for small models whose matmuls use
+a second thread poorly; train times are then not comparable with one-at-a-time rows, so each row
+records how its train times were taken.
 
 Writes OUTPUT/quality.json (every number, with the machine and versions), quality.md (tables) and
 quality.png / ablations.png (figures).
