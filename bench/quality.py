@@ -226,7 +226,7 @@ def table(rows: list[dict], ablation: bool = False) -> str:
 
 def plot(results: dict, out: Path) -> None:
     """quality.png: accuracy per method (error bars, dots per seed) for each model and task;
-    ablations.png: the same for the ablations beside their method's default."""
+    ablations.png: the same for the ablations beside their method's default, LoRA r8 q/v dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,6 +249,10 @@ def plot(results: dict, out: Path) -> None:
             ax.set_xticks(range(len(rows)), labels, rotation=18, ha="right", fontsize=8)
             ax.set_ylabel("test accuracy")
             ax.set_title(f"{name}: mean over seeds, dots are single runs")
+            lora = next((r for r in results["grid"].get(name, []) if r["name"] == "lora-qv"), None)
+            if key == "ablations" and lora is not None:  # the baseline every variant has to beat
+                ax.axhline(lora["mean"], color="#4C72B0", ls="--", lw=1, label=f"LoRA r8 q/v {lora['mean']:.3f}")
+                ax.legend(fontsize=8, loc="lower right")
             base = next((r for r in rows if r["name"] == "base"), None)
             if base is not None and base["mean"] < ax.get_ylim()[0]:  # an untrained head: far below the rest
                 ax.annotate(f"{base['mean']:.3f}\n(below the axis)", (0, ax.get_ylim()[0]), xytext=(0, 12),
@@ -293,15 +297,22 @@ def plot_curves(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def timing_note(rows: list[dict]) -> str:
+    """How a table's train times were taken: runs side by side are slower per run, so say when they mix."""
+    trained = [row for row in rows if row["name"] != "base"]
+    # Rows from before runs recorded this have no "timed_as" at all.
+    timings = sorted({how for row in trained for how in row.get("timed_as", ["not recorded"])})
+    return f"Train times measured: {'; '.join(timings) or '-'}."
+
+
 def write(results: dict, out: Path) -> None:
     (out / "quality.json").write_text(json.dumps(results, indent=1))
     parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
              f"Command: `{results['command']}`", ""]
     for name, rows in results["grid"].items():
-        timings = sorted({how for row in rows for how in row.get("timed_as", [])})
-        parts += [f"### {name}", "", table(rows), "", f"Train times measured: {'; '.join(timings) or '-'}.", ""]
+        parts += [f"### {name}", "", table(rows), "", timing_note(rows), ""]
     for name, rows in results["ablations"].items():
-        parts += [f"### Ablations, {name}", "", table(rows, ablation=True), ""]
+        parts += [f"### Ablations, {name}", "", table(rows, ablation=True), "", timing_note(rows), ""]
     (out / "quality.md").write_text("\n".join(parts))
     plot(results, out)
     plot_curves(results, out)

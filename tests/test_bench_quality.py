@@ -59,3 +59,12 @@ def test_run_cells_yields_every_job_once_with_or_without_a_pool():
     assert dict(quality.run_cells(None, jobs)) == {f"job{i}": i * i for i in range(5)}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         assert dict(quality.run_cells(pool, jobs)) == {f"job{i}": i * i for i in range(5)}
+
+
+def test_timing_note_says_when_train_times_were_taken_differently():
+    base = {"name": "base"}
+    alone = {"name": "lora-qv", "timed_as": ["one run at a time"]}
+    paired = {"name": "xgblora", "timed_as": ["2 runs side by side, 1 torch thread(s) each"]}
+    assert quality.timing_note([base, alone]) == "Train times measured: one run at a time."
+    assert quality.timing_note([alone, paired]).count(";") == 1
+    assert "not recorded" in quality.timing_note([base, {"name": "cola"}])
