@@ -4,9 +4,10 @@ Every method trains for the same steps and batch size on the same seeded splits 
 1000 train / 500 validation / 1000 test). Each method's peak learning rate is picked from its own
 small grid on the validation split of seed 0 (never on test), the grid growing by a half-decade (up to
 two) while the best rate sits at its edge; the other seeds then run at the picked rate.
-Ablations of XGBLoRA (kappa, layers per round, rank, merge scale, optimizer reset, LR schedule) and of
-COLA (chain length) run at their method's picked rate. Each training is a normal `loraboost` run
-folder; finished runs are reused, so an interrupted benchmark resumes where it stopped.
+Ablations of XGBLoRA (kappa, layers per round, rank, merge scale, optimizer reset, LR schedule), of
+COLA (chain length) and of the budget (XGBLoRA and LoRA on 3x the steps) run at their method's picked rate.
+Each training is a normal `loraboost` run folder; finished runs are reused, so an interrupted benchmark
+resumes where it stopped.
 
     python bench/quality.py                                   # everything (both models, both tasks)
     python bench/quality.py --models minilm --tasks movie-reviews --part grid
@@ -92,6 +93,7 @@ class Ablation(NamedTuple):
     overrides: dict
     label: str
     own_lr: bool = False
+    steps_factor: float = 1.0  # a longer (or shorter) run: the model's epochs times this
 
 
 ABLATIONS = [
@@ -108,6 +110,9 @@ ABLATIONS = [
     # The jagged schedule lowers the mean LR (a cosine per round under the global decay): give it its own pick.
     Ablation("xgb-perround-lr", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1),
              "LR schedule per round, own LR pick", own_lr=True),
+    # Boosting's case rests on many rounds; at 189 steps XGBLoRA merges 3 times. Does a longer budget close the gap?
+    Ablation("xgb-3x-steps", "xgblora", {}, "3x the steps", steps_factor=3.0),
+    Ablation("lora-3x-steps", "lora-qv", {}, "3x the steps", steps_factor=3.0),
     Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
     Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
 ]
@@ -398,13 +403,13 @@ def main() -> None:
                     rows[name] = row
                     results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
                 ablations = {row["name"]: row for row in results["ablations"].get(key, [])}
-                jobs = {a.name: (cell, folder, options, a.name,
+                jobs = {a.name: (cell, folder, dataclasses.replace(options, epochs=options.epochs * a.steps_factor), a.name,
                                  dataclasses.replace(METHODS[a.method], label=f"{a.method}: {a.label}"), seeds,
                                  METHODS[a.method].lr_grid, a.overrides, None if a.own_lr else rows[a.method]["picked_lr"])
                         for a in chosen}
                 for name, row in run_cells(pool, jobs):
                     ablations[name] = row
-                    results["ablations"][key] = [*(rows[m] for m in ("xgblora", "cola") if m in rows),
+                    results["ablations"][key] = [*(rows[m] for m in ("lora-qv", "xgblora", "cola") if m in rows),
                                                  *(ablations[a.name] for a in ABLATIONS if a.name in ablations)]
                     write(results, out)
     write(results, out)

@@ -49,7 +49,7 @@ def test_every_ablation_is_a_valid_config_that_differs_from_its_method(ablation)
 
     base = BoostConfig(**quality.METHODS[ablation.method].boost)
     variant = BoostConfig(**{**quality.METHODS[ablation.method].boost, **ablation.overrides})
-    assert variant != base and variant.method == base.method
+    assert (variant != base or ablation.steps_factor != 1.0) and variant.method == base.method
 
 
 def test_run_cells_yields_every_job_once_with_or_without_a_pool():
