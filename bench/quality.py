@@ -94,6 +94,15 @@ class Ablation(NamedTuple):
     label: str
     own_lr: bool = False
     steps_factor: float = 1.0  # a longer (or shorter) run: the model's epochs times this
+    lr_steps: int = 0  # the method's picked LR moved this many rungs along the 1-3-10 ladder (-1: one lower)
+
+    def learning_rate(self, picked: float) -> float | None:
+        """The fixed rate this variant runs at, or None when it picks its own."""
+        if self.own_lr:
+            return None
+        for _ in range(abs(self.lr_steps)):
+            picked = half_decade(picked, up=self.lr_steps > 0)
+        return picked
 
 
 ABLATIONS = [
@@ -113,6 +122,8 @@ ABLATIONS = [
     # Boosting's case rests on many rounds; at 189 steps XGBLoRA merges 3 times. Does a longer budget close the gap?
     Ablation("xgb-3x-steps", "xgblora", {}, "3x the steps", steps_factor=3.0),
     Ablation("lora-3x-steps", "lora-qv", {}, "3x the steps", steps_factor=3.0),
+    # A rate picked on one seed's validation split can sit just below divergence and fail on other seeds.
+    Ablation("lora-lr-down", "lora-qv", {}, "LR one rung lower", lr_steps=-1),
     Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
     Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
 ]
@@ -222,10 +233,13 @@ def table(rows: list[dict], ablation: bool = False) -> str:
     for r in rows:
         search = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in r["validation_by_lr"].items())
         lr = "-" if r["picked_lr"] is None else f"{r['picked_lr']:g}" + (" (edge)" if r.get("lr_at_grid_edge") else "")
-        lr += f" ({search})" if search else (" (method's)" if ablation else "")
+        lr += f" ({search})" if search else (" (not searched)" if ablation else "")
+        # The untrained base has no training run to measure.
+        memory, seconds = ("-", "-") if r["name"] == "base" else (
+            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB", f"{r['train_seconds']:.0f} s")
         lines.append(f"| {r['label']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['test_scores'])}) | {lr} | "
                      f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
-                     f"{r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['train_seconds']:.0f} s | {r['rounds_merged']} |")
+                     f"{memory} | {seconds} | {r['rounds_merged']} |")
     return "\n".join(lines)
 
 
@@ -310,10 +324,35 @@ def timing_note(rows: list[dict]) -> str:
     return f"Train times measured: {'; '.join(timings) or '-'}."
 
 
+def overview(sections: dict[str, list[dict]]) -> str:
+    """One table of test accuracy, a row per method and a column per cell, the best trained method of each
+    cell in bold ("-": not run there); n is shown where a row has other than 3 seeds."""
+    labels = {row["name"]: row["label"] for rows in sections.values() for row in rows}
+    lines = ["| method | " + " | ".join(sections) + " |", "|---" * (len(sections) + 1) + "|"]
+    best = {cell: max((row["mean"] for row in rows if row["name"] != "base"), default=None)
+            for cell, rows in sections.items()}
+    for name, label in labels.items():
+        entries = []
+        for cell, rows in sections.items():
+            row = next((row for row in rows if row["name"] == name), None)
+            if row is None:
+                entries.append("-")
+                continue
+            entry = f"{row['mean']:.3f} +- {row['std']:.3f}"
+            entry += f" (n={len(row['test_scores'])})" if len(row["test_scores"]) != 3 else ""
+            entries.append(f"**{entry}**" if name != "base" and row["mean"] == best[cell] else entry)
+        lines.append(f"| {label} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
 def write(results: dict, out: Path) -> None:
     (out / "quality.json").write_text(json.dumps(results, indent=1))
     parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
              f"Command: `{results['command']}`", ""]
+    parts += ["### Test accuracy, every cell (mean +- std over seeds; bold: best trained method)", "",
+              overview(results["grid"]), ""]
+    if results["ablations"]:
+        parts += ["### Ablations, every cell", "", overview(results["ablations"]), ""]
     for name, rows in results["grid"].items():
         parts += [f"### {name}", "", table(rows), "", timing_note(rows), ""]
     for name, rows in results["ablations"].items():
@@ -405,7 +444,7 @@ def main() -> None:
                 ablations = {row["name"]: row for row in results["ablations"].get(key, [])}
                 jobs = {a.name: (cell, folder, dataclasses.replace(options, epochs=options.epochs * a.steps_factor), a.name,
                                  dataclasses.replace(METHODS[a.method], label=f"{a.method}: {a.label}"), seeds,
-                                 METHODS[a.method].lr_grid, a.overrides, None if a.own_lr else rows[a.method]["picked_lr"])
+                                 METHODS[a.method].lr_grid, a.overrides, a.learning_rate(rows[a.method]["picked_lr"]))
                         for a in chosen}
                 for name, row in run_cells(pool, jobs):
                     ablations[name] = row

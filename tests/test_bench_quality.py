@@ -49,7 +49,15 @@ def test_every_ablation_is_a_valid_config_that_differs_from_its_method(ablation)
 
     base = BoostConfig(**quality.METHODS[ablation.method].boost)
     variant = BoostConfig(**{**quality.METHODS[ablation.method].boost, **ablation.overrides})
-    assert (variant != base or ablation.steps_factor != 1.0) and variant.method == base.method
+    assert (variant != base or ablation.steps_factor != 1.0 or ablation.lr_steps) and variant.method == base.method
+
+
+def test_an_ablation_runs_at_its_methods_rate_moved_along_the_ladder_or_picks_its_own():
+    variant = quality.Ablation("v", "lora-qv", {}, "v")
+    assert variant.learning_rate(1e-2) == 1e-2
+    assert variant._replace(lr_steps=-1).learning_rate(1e-2) == 3e-3
+    assert variant._replace(lr_steps=2).learning_rate(1e-3) == 1e-2
+    assert variant._replace(own_lr=True).learning_rate(1e-2) is None
 
 
 def test_run_cells_yields_every_job_once_with_or_without_a_pool():
@@ -68,3 +76,14 @@ def test_timing_note_says_when_train_times_were_taken_differently():
     assert quality.timing_note([base, alone]) == "Train times measured: one run at a time."
     assert quality.timing_note([alone, paired]).count(";") == 1
     assert "not recorded" in quality.timing_note([base, {"name": "cola"}])
+
+
+def test_overview_has_a_row_per_method_a_column_per_cell_and_bolds_each_cells_best():
+    def row(name, mean, seeds=3):
+        return {"name": name, "label": name.upper(), "mean": mean, "std": 0.01, "test_scores": [mean] * seeds}
+    sections = {"a": [row("base", 0.9), row("lora", 0.8), row("xgb", 0.7, seeds=5)], "b": [row("lora", 0.6)]}
+    lines = quality.overview(sections).splitlines()
+    assert lines[0] == "| method | a | b |"
+    assert lines[2] == "| BASE | 0.900 +- 0.010 | - |"  # the untrained base is never the best
+    assert lines[3] == "| LORA | **0.800 +- 0.010** | **0.600 +- 0.010** |"
+    assert lines[4] == "| XGB | 0.700 +- 0.010 (n=5) | - |"
