@@ -5,11 +5,12 @@ Every method trains for the same steps and batch size on the same seeded splits 
 small grid on the validation split of seed 0 (never on test), the grid growing by a half-decade (up to
 two) while the best rate sits at its edge; the other seeds then run at the picked rate.
 Ablations of XGBLoRA (kappa, layers per round, rank, merge scale, optimizer reset, LR schedule), of
-COLA (chain length) and of the budget (XGBLoRA and LoRA on 3x the steps) run at their method's picked rate.
+COLA (chain length) and of the budget (XGBLoRA and LoRA on 3x the steps) run at their method's picked rate,
+except one that runs LoRA a rung lower on the LR ladder (does a rate picked on one seed hold on the others?).
 Each training is a normal `loraboost` run folder; finished runs are reused, so an interrupted benchmark
 resumes where it stopped.
 
-    python bench/quality.py                                   # everything (both models, both tasks)
+    python bench/quality.py                                   # everything: over 10 hours on 2 CPU cores
     python bench/quality.py --models minilm --tasks movie-reviews --part grid
     python bench/quality.py --models minilm --part ablations --ablations xgb-kappa100,xgb-oneround --jobs 2
     python bench/quality.py --quick                           # a smoke run of the pipeline, minutes
