@@ -302,7 +302,9 @@ def plot_curves(results: dict, out: Path) -> None:
             logs = [e for e in logs if "loss" in e]
             losses = [e["loss"] for e in logs]
             smooth = [statistics.fmean(losses[max(0, i - 9):i + 1]) for i in range(len(losses))]
-            ax.plot([e["step"] for e in logs], smooth, label=r["label"], lw=1.3,
+            # One colour per method in every panel, whichever methods a panel has.
+            color = plt.cm.tab10(list(METHODS).index(r["name"]) % 10) if r["name"] in METHODS else None
+            ax.plot([e["step"] for e in logs], smooth, label=r["label"], lw=1.3, color=color,
                     ls="--" if r["name"] in ("full",) else "-")
             if r["name"] == "xgblora":
                 for before, after in zip(logs, logs[1:]):
