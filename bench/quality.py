@@ -10,14 +10,16 @@ except one that runs LoRA a rung lower on the LR ladder (does a rate picked on o
 Each training is a normal `loraboost` run folder; finished runs are reused, so an interrupted benchmark
 resumes where it stopped.
 
-    python bench/quality.py                                   # everything: over 10 hours on 2 CPU cores
-    python bench/quality.py --models minilm --tasks movie-reviews --part grid
-    python bench/quality.py --models minilm --part ablations --ablations xgb-kappa100,xgb-oneround --jobs 2
-    python bench/quality.py --quick                           # a smoke run of the pipeline, minutes
+    python bench/quality.py                       # DEFAULT_PLAN: the MiniLM grid and TREC ablations, SmolLM2 on TREC
+    python bench/quality.py --estimate            # what that took when it ran here, summed from the run folders
+    python bench/quality.py --models smollm2 --tasks movie-reviews --methods lora-qv,xgblora,cola
+    python bench/quality.py --models minilm --part ablations --ablations xgb-kappa100,xgb-oneround
+    python bench/quality.py --quick               # a smoke run of the pipeline, minutes
 
-``--jobs 2`` trains two runs side by side with one torch thread each, for small models whose matmuls use
-a second thread poorly; train times are then not comparable with one-at-a-time rows, so each row
-records how its train times were taken.
+Every method and ablation on both models and tasks takes over 10 hours on 2 CPU cores, so the default
+command runs a plan sized to about 3 hours and the rest runs when named. MiniLM trains two runs side by side
+with one torch thread each (``--jobs``), since its small matmuls use a second thread poorly; train times are
+then not comparable with one-at-a-time rows, so each row records how its train times were taken.
 
 Writes OUTPUT/quality.json (every number, with the machine and versions), quality.md (tables) and
 quality.png / ablations.png (figures).
@@ -81,6 +83,9 @@ METHODS = {
     "lora-r24": Method("LoRA r24 q/v (COLA's total rank)", dict(method="lora", rank=24)),
     "cola": Method("COLA 3 links r8 q/v", dict(method="cola")),
     "xgblora": Method("XGBLoRA r1, 1/3 of blocks, kappa 50", dict(method="xgblora"), lr_grid=XGB_GRID),
+    # XGBLoRA's rank, scaling and targets on every block at once, never merged: boosting's matched baseline.
+    "lora-r1-all": Method("LoRA r1 all-linear (XGBLoRA's rank and targets)",
+                          dict(method="lora", rank=1, target_modules="all-linear"), lr_grid=XGB_GRID),
     "raclora": Method("RAC-LoRA 3 links r8 q/v", dict(method="raclora")),
     "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
 }
@@ -129,8 +134,28 @@ ABLATIONS = [
     Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
 ]
 
-MODELS = {"minilm": dict(model="minilm", epochs=3.0), "smollm2": dict(model="default", epochs=1.0)}
+# jobs: runs side by side by default; MiniLM's small matmuls use 2 cores better as 2 single-thread runs.
+MODELS = {"minilm": dict(model="minilm", epochs=3.0, jobs=2), "smollm2": dict(model="default", epochs=1.0, jobs=1)}
 TASKS = ("movie-reviews", "trec")
+
+
+class Plan(NamedTuple):
+    """What a command without --methods (--ablations) runs on a model: these grid methods on these tasks,
+    and every ablation on those tasks."""
+
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    ablation_tasks: tuple[str, ...]
+
+
+# The default command, sized for the 3 hours the issue allows on 2 CPU cores (`--estimate` sums what the
+# runs took): every method on MiniLM, its ablations on TREC, and on SmolLM2, where a run takes about 4 min,
+# the methods that the verdict turns on, on TREC, the task where they differ. Anything else runs when named
+# with --methods / --ablations, on any model and task.
+DEFAULT_PLAN = {
+    "minilm": Plan(("base", *METHODS), TASKS, ("trec",)),
+    "smollm2": Plan(("base", "lora-qv", "lora-all", "xgblora"), ("trec",), ()),
+}
 SIZES = dict(train_size=1000, validation_size=500, test_size=1000)
 QUICK_SIZES = dict(train_size=320, validation_size=100, test_size=200)
 
@@ -365,42 +390,107 @@ def write(results: dict, out: Path) -> None:
     plot_curves(results, out)
 
 
+def recorded_seconds(folder: Path) -> float | None:
+    """A finished run's share of the machine: from its start (run.json, written once the model is loaded)
+    to its summary, divided by the runs that trained beside it; None where no finished run is there."""
+    start, end = folder / "run.json", folder / FINISHED
+    if not (start.exists() and end.exists()):
+        return None
+    first_word = timed_as(folder).split()[0]  # "2 runs side by side, ..." or "one run at a time, ..."
+    side_by_side = int(first_word) if first_word.isdigit() else 1
+    return (end.stat().st_mtime - start.stat().st_mtime) / side_by_side
+
+
+def estimate(out: Path, cells: list[tuple[str, str, str]], seeds: list[int]) -> str:
+    """What training the (model, task, name) cells costs, summed from the finished runs in ``out``: every
+    rate that the LR search tried on the first seed, and the picked rate on the others."""
+    lines, total, missing = [], 0.0, []
+    for model, task, name in cells:
+        folders = [f for f in sorted((out / f"{model}-{task}" / name).glob("lr*-seed*"))
+                   if int(f.name.rsplit("seed", 1)[1]) in seeds]
+        seconds = [s for s in map(recorded_seconds, folders) if s is not None]
+        if not seconds:
+            missing.append(f"{model}-{task}/{name}")
+            continue
+        total += sum(seconds)
+        lines.append(f"  {model}-{task}/{name}: {len(seconds)} runs, {sum(seconds) / 60:.0f} min")
+    lines.append(f"estimate: {total / 3600:.1f} h of machine time for the {len(cells) - len(missing)} cells "
+                 f"recorded in {out} (model loading and the untrained base's evaluation not counted)")
+    if missing:
+        lines.append(f"no finished runs to go by for: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+def chosen_methods(args: argparse.Namespace, model: str, task: str) -> list[str]:
+    """The grid methods a command runs on a model and task: those named, else the default plan's."""
+    if args.part == "ablations":
+        return []
+    if args.methods:
+        return args.methods.split(",")
+    return list(DEFAULT_PLAN[model].methods) if task in DEFAULT_PLAN[model].tasks or args.quick else []
+
+
+def chosen_ablations(args: argparse.Namespace, model: str, task: str) -> list[Ablation]:
+    """The ablations a command runs on a model and task: those named, else the default plan's."""
+    if args.quick or args.part == "grid":
+        return []
+    if args.ablations:
+        return [a for a in ABLATIONS if a.name in args.ablations.split(",")]
+    return list(ABLATIONS) if task in DEFAULT_PLAN[model].ablation_tasks else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="minilm,smollm2", help="comma-separated: minilm, smollm2")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: minilm, smollm2")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: movie-reviews, trec")
-    parser.add_argument("--methods", default=",".join(["base", *METHODS]), help="comma-separated methods of the grid")
+    parser.add_argument("--methods", help=f"comma-separated grid methods: base, {', '.join(METHODS)} "
+                                          "(default: each model's DEFAULT_PLAN)")
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
-    parser.add_argument("--ablations", default=",".join(a.name for a in ABLATIONS), help="comma-separated ablations to run")
+    parser.add_argument("--ablations", help="comma-separated ablations, run on every chosen model and task "
+                                            "(default: each model's DEFAULT_PLAN)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs side by side, each with cores/jobs torch threads (small models use 2 cores "
-                             "better as 2 single-thread runs than as one 2-thread run)")
+    parser.add_argument("--jobs", type=int,
+                        help="runs side by side, each with cores/jobs torch threads (default: 2 for minilm, "
+                             "whose small matmuls use 2 cores better as 2 single-thread runs; 1 for smollm2)")
     parser.add_argument("--output", default="runs/quality")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print what the chosen cells took when they ran into --output, and train nothing")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: minilm on movie-reviews, 320/100/200 examples, 1 epoch, 1 seed, one LR per method")
     args = parser.parse_args()
     out = Path(args.output)
     models, tasks = args.models.split(","), args.tasks.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    methods = args.methods.split(",")
-    for name in methods:
+    for name in models:
+        if name not in MODELS:
+            parser.error(f"model {name!r} is unknown; use {' or '.join(MODELS)}.")
+    for name in tasks:
+        if name not in TASKS:
+            parser.error(f"task {name!r} is unknown; use {' or '.join(TASKS)}.")
+    for name in (args.methods or "base").split(","):
         if name != "base" and name not in METHODS:
             parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
     known_ablations = [a.name for a in ABLATIONS]
-    for name in args.ablations.split(","):
+    for name in (args.ablations or known_ablations[0]).split(","):
         if name not in known_ablations:
             parser.error(f"ablation {name!r} is unknown; use one of {', '.join(known_ablations)}.")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs {args.jobs} must be 1 or more.")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    # spawn, not fork: a forked child of a process that already ran OpenMP kernels can hang.
-    pool = None if args.jobs == 1 else concurrent.futures.ProcessPoolExecutor(
-        args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker, initargs=(threads, args.jobs))
-    RAN_AS["how"] = f"one run at a time, {torch.get_num_threads()} torch threads"
     sizes = SIZES
     if args.quick:
         models, tasks, seeds, sizes, out = ["minilm"], ["movie-reviews"], seeds[:1], QUICK_SIZES, out / "quick"
+
+    if args.estimate:
+        cells = []
+        for model in models:
+            for task in tasks:
+                ablations = chosen_ablations(args, model, task)
+                grid = [m for m in chosen_methods(args, model, task) if m != "base"]
+                needed = sorted({a.method for a in ablations} - set(grid))  # ablations need their method's pick
+                cells += [(model, task, name) for name in [*grid, *needed, *(a.name for a in ablations)]]
+        print(estimate(out, cells, seeds))
+        return
+
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     results = {
@@ -410,53 +500,79 @@ def main() -> None:
         "date": datetime.date.today().isoformat(), "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
         "grid": previous.get("grid", {}), "ablations": previous.get("ablations", {}),
     }
+    RAN_AS["how"] = f"one run at a time, {torch.get_num_threads()} torch threads"
     start = time.perf_counter()
     for model in models:
+        chosen = {}
         for task in tasks:
-            key = f"{model} on {task}"
-            options = RunOptions(model=MODELS[model]["model"], data=task, epochs=1.0 if args.quick else MODELS[model]["epochs"],
-                                 save_steps=50, **sizes)
-            folder = out / f"{model}-{task}"
-            rows = {r["name"]: r for r in results["grid"].get(key, [])}
-            if args.part in ("grid", "all"):
-                jobs = {}
-                for name in methods:
-                    if name == "base":
-                        if "base" not in rows:
-                            jobs["base"] = (base_cell, options, seeds)
-                        continue
-                    method = METHODS[name]
-                    overrides, grid = {}, method.lr_grid
-                    if args.quick:  # one LR; XGBLoRA's rounds shortened so that 20 steps still merge
-                        grid = method.lr_grid[1:2]
-                        if name == "xgblora":
-                            overrides = {"steps_per_round": 5}
-                            method = dataclasses.replace(method, label=method.label.replace("kappa 50", "kappa 5"))
-                    jobs[name] = (cell, folder, options, name, method, seeds, grid, overrides)
-                for name, row in run_cells(pool, jobs):
-                    rows[name] = row
-                    results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
-                    write(results, out)
-            if args.part in ("ablations", "all") and not args.quick:
-                chosen = [a for a in ABLATIONS if a.name in args.ablations.split(",")]
-                missing = {a.method for a in chosen} - set(rows)  # ablations run at their method's picked LR
-                for name, row in run_cells(pool, {m: (cell, folder, options, m, METHODS[m], seeds, METHODS[m].lr_grid)
-                                                  for m in sorted(missing)}):
-                    rows[name] = row
-                    results["grid"][key] = [rows[n] for n in ["base", *METHODS] if n in rows]
-                ablations = {row["name"]: row for row in results["ablations"].get(key, [])}
-                jobs = {a.name: (cell, folder, dataclasses.replace(options, epochs=options.epochs * a.steps_factor), a.name,
-                                 dataclasses.replace(METHODS[a.method], label=f"{a.method}: {a.label}"), seeds,
-                                 METHODS[a.method].lr_grid, a.overrides, a.learning_rate(rows[a.method]["picked_lr"]))
-                        for a in chosen}
-                for name, row in run_cells(pool, jobs):
-                    ablations[name] = row
-                    results["ablations"][key] = [*(rows[m] for m in ("lora-qv", "xgblora", "cola") if m in rows),
-                                                 *(ablations[a.name] for a in ABLATIONS if a.name in ablations)]
-                    write(results, out)
+            chosen[task] = chosen_methods(args, model, task), chosen_ablations(args, model, task)
+            if chosen[task] == ([], []):
+                del chosen[task]
+                print(f"quality: nothing to run for {model} on {task} (the default plan leaves it out; "
+                      "name --methods or --ablations)", file=sys.stderr)
+        if not chosen:
+            continue
+        jobs = args.jobs or MODELS[model]["jobs"]
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        # spawn, not fork: a forked child of a process that already ran OpenMP kernels can hang.
+        pool = None if jobs == 1 else concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker, initargs=(threads, jobs))
+        try:
+            run_model(results, out, pool, model, chosen, sizes, seeds, quick=args.quick)
+        finally:
+            if pool is not None:
+                pool.shutdown()
     write(results, out)
     print((out / "quality.md").read_text())
     print(f"quality: {time.perf_counter() - start:.0f} s; {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality.png'}")
+
+
+def run_model(results: dict, out: Path, pool, model: str, chosen: dict[str, tuple[list[str], list[Ablation]]],
+              sizes: dict, seeds: list[int], quick: bool) -> None:
+    """On one model, ``chosen`` maps each task to its grid methods and ablations: first every grid cell of
+    every task (side by side when there is a pool), then the ablations, each at its method's picked LR.
+    Results and tables are rewritten as each cell finishes."""
+    rows = {task: {r["name"]: r for r in results["grid"].get(f"{model} on {task}", [])} for task in chosen}
+    options = {task: RunOptions(model=MODELS[model]["model"], data=task, save_steps=50, **sizes,
+                                epochs=1.0 if quick else MODELS[model]["epochs"]) for task in chosen}
+    folder = {task: out / f"{model}-{task}" for task in chosen}
+
+    jobs = {}
+    for task, (methods, ablations) in chosen.items():
+        for name in methods:
+            if name == "base":
+                if "base" not in rows[task]:
+                    jobs[task, "base"] = (base_cell, options[task], seeds)
+                continue
+            method = METHODS[name]
+            overrides, grid = {}, method.lr_grid
+            if quick:  # one LR; XGBLoRA's rounds shortened so that 20 steps still merge
+                grid = method.lr_grid[1:2]
+                if name == "xgblora":
+                    overrides = {"steps_per_round": 5}
+                    method = dataclasses.replace(method, label=method.label.replace("kappa 50", "kappa 5"))
+            jobs[task, name] = (cell, folder[task], options[task], name, method, seeds, grid, overrides)
+        for name in sorted({a.method for a in ablations} - set(rows[task]) - set(methods)):
+            jobs[task, name] = (cell, folder[task], options[task], name, METHODS[name], seeds, METHODS[name].lr_grid)
+    for (task, name), row in run_cells(pool, jobs):
+        rows[task][name] = row
+        results["grid"][f"{model} on {task}"] = [rows[task][n] for n in ["base", *METHODS] if n in rows[task]]
+        write(results, out)
+
+    jobs = {}
+    for task, (_, ablations) in chosen.items():
+        for a in ablations:
+            options_a = dataclasses.replace(options[task], epochs=options[task].epochs * a.steps_factor)
+            method = dataclasses.replace(METHODS[a.method], label=f"{a.method}: {a.label}")
+            jobs[task, a.name] = (cell, folder[task], options_a, a.name, method, seeds, METHODS[a.method].lr_grid,
+                                  a.overrides, a.learning_rate(rows[task][a.method]["picked_lr"]))
+    done = {task: {r["name"]: r for r in results["ablations"].get(f"{model} on {task}", [])} for task in chosen}
+    for (task, name), row in run_cells(pool, jobs):
+        done[task][name] = row
+        results["ablations"][f"{model} on {task}"] = [
+            *(rows[task][m] for m in ("lora-qv", "xgblora", "cola") if m in rows[task]),
+            *(done[task][a.name] for a in ABLATIONS if a.name in done[task])]
+        write(results, out)
 
 
 if __name__ == "__main__":

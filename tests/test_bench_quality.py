@@ -87,3 +87,76 @@ def test_overview_has_a_row_per_method_a_column_per_cell_and_bolds_each_cells_be
     assert lines[2] == "| BASE | 0.900 +- 0.010 | - |"  # the untrained base is never the best
     assert lines[3] == "| LORA | **0.800 +- 0.010** | **0.600 +- 0.010** |"
     assert lines[4] == "| XGB | 0.700 +- 0.010 (n=5) | - |"
+
+
+def test_default_plan_names_only_known_methods_and_tasks():
+    for model, plan in quality.DEFAULT_PLAN.items():
+        assert model in quality.MODELS
+        assert set(plan.methods) <= {"base", *quality.METHODS}
+        assert set(plan.tasks) | set(plan.ablation_tasks) <= set(quality.TASKS)
+
+
+def finished_run(folder, seconds, ran_as="one run at a time, 2 torch threads"):
+    """A run folder whose run.json and summary.json are ``seconds`` apart, as a finished run leaves them."""
+    import os
+
+    folder.mkdir(parents=True)
+    for name, when in (("run.json", 1000.0), ("summary.json", 1000.0 + seconds)):
+        (folder / name).write_text("{}")
+        os.utime(folder / name, (when, when))
+    (folder / "ran_as.txt").write_text(ran_as)
+
+
+def test_estimate_sums_each_runs_share_of_the_machine_for_the_chosen_seeds(tmp_path):
+    cell = tmp_path / "minilm-trec" / "lora-qv"
+    finished_run(cell / "lr0.001-seed0", 60)
+    finished_run(cell / "lr0.003-seed0", 60)
+    finished_run(cell / "lr0.003-seed1", 120, ran_as="2 runs side by side, 1 torch thread(s) each")  # 60 of the machine
+    finished_run(cell / "lr0.003-seed4", 600)  # a seed not chosen
+    (cell / "lr0.01-seed0").mkdir()  # started, never finished
+    assert quality.recorded_seconds(cell / "lr0.003-seed1") == 60
+    assert quality.recorded_seconds(cell / "lr0.01-seed0") is None
+    report = quality.estimate(tmp_path, [("minilm", "trec", "lora-qv"), ("minilm", "trec", "cola")], [0, 1, 2])
+    assert "minilm-trec/lora-qv: 3 runs, 3 min" in report
+    assert "estimate: 0.1 h of machine time for the 1 cells" in report
+    assert report.endswith("no finished runs to go by for: minilm-trec/cola")
+
+
+def test_a_command_runs_what_it_names_else_the_default_plan():
+    import argparse
+
+    def args(**given):
+        return argparse.Namespace(**{"part": "all", "methods": None, "ablations": None, "quick": False, **given})
+
+    plan = quality.DEFAULT_PLAN["smollm2"]
+    assert quality.chosen_methods(args(), "smollm2", "trec") == list(plan.methods)
+    assert quality.chosen_methods(args(), "smollm2", "movie-reviews") == ([] if "movie-reviews" not in plan.tasks
+                                                                          else list(plan.methods))
+    assert quality.chosen_methods(args(methods="cola"), "smollm2", "movie-reviews") == ["cola"]
+    assert quality.chosen_methods(args(methods="cola", part="ablations"), "minilm", "trec") == []
+    assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == ["cola-2"]
+    assert quality.chosen_ablations(args(ablations="cola-2", part="grid"), "minilm", "trec") == []
+    assert quality.chosen_ablations(args(), "minilm", "trec") == quality.ABLATIONS
+    assert quality.chosen_ablations(args(quick=True), "minilm", "trec") == []
+
+
+def test_a_model_runs_every_tasks_grid_before_any_ablation_and_ablations_at_the_picked_rate(monkeypatch, tmp_path):
+    calls = []
+
+    def cell(folder, options, name, method, seeds, lr_grid, overrides=None, picked_lr=None):
+        calls.append((options.data, name, picked_lr))
+        return {"name": name, "picked_lr": {"lora-qv": 3e-3, "xgblora": 1e-2}.get(name, 1e-3)}
+
+    monkeypatch.setattr(quality, "cell", cell)
+    monkeypatch.setattr(quality, "write", lambda results, out: None)
+    results = {"grid": {}, "ablations": {}}
+    kappa10, lower = quality.ABLATIONS[0], next(a for a in quality.ABLATIONS if a.name == "lora-lr-down")
+    chosen = {"movie-reviews": (["cola"], [kappa10]), "trec": (["lora-qv"], [lower])}
+    quality.run_model(results, tmp_path, None, "minilm", chosen, quality.QUICK_SIZES, [0], quick=False)
+    # First the grid of both tasks, with the method that an ablation needs, each picking its own rate...
+    grid, ablations = calls[:3], calls[3:]
+    assert sorted(grid) == [("movie-reviews", "cola", None), ("movie-reviews", "xgblora", None), ("trec", "lora-qv", None)]
+    # ...then the ablations at their method's picked rate (LoRA's moved one rung down).
+    assert ablations == [("movie-reviews", "xgb-kappa10", 1e-2), ("trec", "lora-lr-down", 1e-3)]
+    assert [r["name"] for r in results["ablations"]["minilm on trec"]] == ["lora-qv", "lora-lr-down"]
+    assert [r["name"] for r in results["grid"]["minilm on movie-reviews"]] == ["cola", "xgblora"]
