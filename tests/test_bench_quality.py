@@ -89,11 +89,10 @@ def test_overview_has_a_row_per_method_a_column_per_cell_and_bolds_each_cells_be
     assert lines[4] == "| XGB | 0.700 +- 0.010 (n=5) | - |"
 
 
-def test_default_plan_names_only_known_methods_and_tasks():
-    for model, plan in quality.DEFAULT_PLAN.items():
-        assert model in quality.MODELS
+def test_default_plan_names_only_known_models_tasks_and_methods():
+    for (model, task), plan in quality.DEFAULT_PLAN.items():
+        assert model in quality.MODELS and task in quality.TASKS
         assert set(plan.methods) <= {"base", *quality.METHODS}
-        assert set(plan.tasks) | set(plan.ablation_tasks) <= set(quality.TASKS)
 
 
 def finished_run(folder, seconds, ran_as="one run at a time, 2 torch threads"):
@@ -128,15 +127,15 @@ def test_a_command_runs_what_it_names_else_the_default_plan():
     def args(**given):
         return argparse.Namespace(**{"part": "all", "methods": None, "ablations": None, "quick": False, **given})
 
-    plan = quality.DEFAULT_PLAN["smollm2"]
-    assert quality.chosen_methods(args(), "smollm2", "trec") == list(plan.methods)
-    assert quality.chosen_methods(args(), "smollm2", "movie-reviews") == ([] if "movie-reviews" not in plan.tasks
-                                                                          else list(plan.methods))
+    assert quality.chosen_methods(args(), "minilm", "trec") == list(quality.DEFAULT_PLAN["minilm", "trec"].methods)
+    assert ("smollm2", "movie-reviews") not in quality.DEFAULT_PLAN
+    assert quality.chosen_methods(args(), "smollm2", "movie-reviews") == []
     assert quality.chosen_methods(args(methods="cola"), "smollm2", "movie-reviews") == ["cola"]
     assert quality.chosen_methods(args(methods="cola", part="ablations"), "minilm", "trec") == []
     assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == ["cola-2"]
     assert quality.chosen_ablations(args(ablations="cola-2", part="grid"), "minilm", "trec") == []
     assert quality.chosen_ablations(args(), "minilm", "trec") == quality.ABLATIONS
+    assert quality.chosen_ablations(args(), "smollm2", "trec") == []
     assert quality.chosen_ablations(args(quick=True), "minilm", "trec") == []
 
 
