@@ -424,10 +424,10 @@ def chosen_methods(args: argparse.Namespace, model: str, task: str) -> list[str]
     """The grid methods a command runs on a model and task: those named, else the default plan's."""
     if args.part == "ablations":
         return []
+    if args.methods == "all" or (args.quick and not args.methods):
+        return ["base", *METHODS]
     if args.methods:
         return args.methods.split(",")
-    if args.quick:
-        return ["base", *METHODS]
     return list(DEFAULT_PLAN[model, task].methods) if (model, task) in DEFAULT_PLAN else []
 
 
@@ -436,7 +436,7 @@ def chosen_ablations(args: argparse.Namespace, model: str, task: str) -> list[Ab
     if args.quick or args.part == "grid":
         return []
     if args.ablations:
-        return [a for a in ABLATIONS if a.name in args.ablations.split(",")]
+        return [a for a in ABLATIONS if args.ablations == "all" or a.name in args.ablations.split(",")]
     return list(ABLATIONS) if (model, task) in DEFAULT_PLAN and DEFAULT_PLAN[model, task].ablations else []
 
 
@@ -444,11 +444,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: minilm, smollm2")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: movie-reviews, trec")
-    parser.add_argument("--methods", help=f"comma-separated grid methods: base, {', '.join(METHODS)} "
-                                          "(default: each model's DEFAULT_PLAN)")
+    parser.add_argument("--methods", help=f"comma-separated grid methods: base, {', '.join(METHODS)}; or all "
+                                          "(default: DEFAULT_PLAN's for each model and task)")
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
-    parser.add_argument("--ablations", help="comma-separated ablations, run on every chosen model and task "
-                                            "(default: each model's DEFAULT_PLAN)")
+    parser.add_argument("--ablations", help="comma-separated ablations, or all, run on every chosen model and "
+                                            "task (default: DEFAULT_PLAN's for each model and task)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--jobs", type=int,
                         help="runs side by side, each with cores/jobs torch threads (default: 2 for minilm, "
@@ -468,11 +468,11 @@ def main() -> None:
     for name in tasks:
         if name not in TASKS:
             parser.error(f"task {name!r} is unknown; use {' or '.join(TASKS)}.")
-    for name in (args.methods or "base").split(","):
+    for name in (args.methods if args.methods not in (None, "all") else "base").split(","):
         if name != "base" and name not in METHODS:
             parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
     known_ablations = [a.name for a in ABLATIONS]
-    for name in (args.ablations or known_ablations[0]).split(","):
+    for name in (args.ablations if args.ablations not in (None, "all") else known_ablations[0]).split(","):
         if name not in known_ablations:
             parser.error(f"ablation {name!r} is unknown; use one of {', '.join(known_ablations)}.")
     if args.jobs is not None and args.jobs < 1:
@@ -571,7 +571,7 @@ def run_model(results: dict, out: Path, pool, model: str, chosen: dict[str, tupl
     for (task, name), row in run_cells(pool, jobs):
         done[task][name] = row
         results["ablations"][f"{model} on {task}"] = [
-            *(rows[task][m] for m in ("lora-qv", "xgblora", "cola") if m in rows[task]),
+            *(rows[task][m] for m in ("lora-qv", "xgblora", "lora-r1-all", "cola") if m in rows[task]),
             *(done[task][a.name] for a in ABLATIONS if a.name in done[task])]
         write(results, out)
 

@@ -131,6 +131,8 @@ def test_a_command_runs_what_it_names_else_the_default_plan():
     assert ("smollm2", "movie-reviews") not in quality.DEFAULT_PLAN
     assert quality.chosen_methods(args(), "smollm2", "movie-reviews") == []
     assert quality.chosen_methods(args(methods="cola"), "smollm2", "movie-reviews") == ["cola"]
+    assert quality.chosen_methods(args(methods="all"), "smollm2", "movie-reviews") == ["base", *quality.METHODS]
+    assert quality.chosen_ablations(args(ablations="all"), "smollm2", "movie-reviews") == quality.ABLATIONS
     assert quality.chosen_methods(args(methods="cola", part="ablations"), "minilm", "trec") == []
     assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == ["cola-2"]
     assert quality.chosen_ablations(args(ablations="cola-2", part="grid"), "minilm", "trec") == []
