@@ -7,6 +7,8 @@ repetitions so that machine noise hits them alike, and reports step times as rat
   the plain Trainer without loraboost;
 - ``lora``, ``xgblora``, ``cola``: loraboost presets at their defaults, trained by the same Trainer
   with BoostCallback;
+- ``peft-lora-r1-all``: plain PEFT LoRA r=1 (alpha 2) on every linear layer of every block, XGBLoRA's
+  matched baseline in the quality benchmark: what rank-1 adapters cost when all blocks train at once;
 - ``floor``: the limit any adapter method could reach: the model's forward pass plus the backward pass
   an adapter needs, with negligible adapter compute (one rank-1 PEFT adapter on the lowest block's query
   projection, so the gradient still flows through every block).
@@ -41,7 +43,7 @@ from loraboost import Booster, BoostCallback, BoostConfig
 from loraboost.run import model_folder
 from review_text import review_token_rows
 
-ARMS = ("peft-lora", "lora", "xgblora", "cola", "floor")
+ARMS = ("peft-lora", "lora", "xgblora", "cola", "peft-lora-r1-all", "floor")
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
 
 
@@ -78,6 +80,9 @@ def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=SETTINGS["dtype"])
     if arm == "peft-lora":
         config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+        return peft.get_peft_model(model, config), None
+    if arm == "peft-lora-r1-all":
+        config = peft.LoraConfig(r=1, lora_alpha=2, target_modules="all-linear", lora_dropout=0.0)
         return peft.get_peft_model(model, config), None
     if arm == "floor":  # the lowest block only: the backward pass still runs through every block above it
         config = peft.LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0)
