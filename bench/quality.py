@@ -346,9 +346,12 @@ def plot_curves(results: dict, out: Path) -> None:
 def timing_note(rows: list[dict]) -> str:
     """How a table's train times were taken: runs side by side are slower per run, so say when they mix."""
     trained = [row for row in rows if row["name"] != "base"]
-    # Rows from before runs recorded this have no "timed_as" at all.
-    timings = sorted({how for row in trained for how in row.get("timed_as", ["not recorded"])})
-    return f"Train times measured: {'; '.join(timings) or '-'}."
+    # Rows from before runs recorded this have no "timed_as" at all; runs from before, "not recorded".
+    timings = {how for row in trained for how in row.get("timed_as", ["not recorded"])}
+    known = sorted(timings - {"not recorded"})
+    if "not recorded" in timings:
+        known.append("for some runs not recorded" if known else "not recorded")
+    return f"Train times measured: {'; '.join(known) or '-'}."
 
 
 def overview(sections: dict[str, list[dict]]) -> str:
