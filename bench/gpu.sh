@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/speed.py on a GPU: a 1.08 B-parameter Llama-3.2-1B-shaped model (random weights and tokens, so no hub
 # and no embedded assets are needed) in bf16, batch 8 x 512 tokens, against plain PEFT LoRA under the Trainer.
-#   bash bench/gpu.sh                 # on a machine with an NVIDIA GPU; about 10 minutes
+#   bash bench/gpu.sh                 # on a machine with an NVIDIA GPU; about 5 minutes on an H100
+#   bash bench/gpu.sh --profile xgblora peft-lora   # where those arms' GPU time goes
 # Uses $PYTHON (default python3) when it has CUDA torch, transformers, peft and accelerate; otherwise it sets
 # up .venv-gpu from the package registry first.
 set -euo pipefail
@@ -14,5 +15,5 @@ if ! "$PYTHON" -c "import torch, transformers, peft, accelerate, datasets, psuti
     PYTHON=.venv-gpu/bin/python
 fi
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'bench/gpu.sh needs a CUDA GPU'; print(torch.cuda.get_device_name())"
-PYTHONPATH=src HF_HUB_OFFLINE=1 "$PYTHON" bench/speed.py --model random-1b --dtype bf16 --batch 8 --length 512 \
-    --steps 20 --repeats 3 --out bench/results/speed-gpu.json "$@"
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 "$PYTHON" bench/speed.py --model random-1b --dtype bf16 --batch 8 --length 512 \
+    --steps 50 --repeats 5 --out bench/results/speed-gpu.json "$@"

@@ -91,6 +91,12 @@ def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
     return booster.model, booster
 
 
+def wait_for_device() -> None:
+    """Block until queued GPU work is done, so a wall-clock reading covers it (kernels launch asynchronously)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class StepClock(transformers.TrainerCallback):
     """Wall time between consecutive step ends: everything a step costs, the boost callback included."""
 
@@ -102,6 +108,7 @@ class StepClock(transformers.TrainerCallback):
             self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        wait_for_device()
         now = time.perf_counter()
         self.step_seconds.append(now - self._last)
         self._last = now
@@ -116,15 +123,18 @@ class TimedBoostCallback(BoostCallback):
         self.change_seconds, self.plain_seconds = [], []
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        wait_for_device()  # the step's own kernels are not the boost work's
         round_before, start = self.booster.round, time.perf_counter()
         super().on_step_end(args, state, control, optimizer=optimizer, **kwargs)
+        wait_for_device()
         seconds = time.perf_counter() - start
         (self.change_seconds if self.booster.round != round_before else self.plain_seconds).append(seconds)
 
 
-def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost: BoostConfig | None = None):
-    """Train ``arm`` for one warm-up step plus ``steps`` timed steps under the Trainer; returns the
-    step clock and the boost callback (None for the plain PEFT arms)."""
+def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost: BoostConfig | None = None,
+              watchers: tuple[transformers.TrainerCallback, ...] = ()):
+    """Train ``arm`` for one warm-up step plus ``steps`` timed steps under the Trainer, with ``watchers``
+    as extra callbacks; returns the step clock and the boost callback (None for the plain PEFT arms)."""
     model, booster = build(arm, model_dir, boost)
     if SETTINGS.get("training_peak_only"):
         reset_peak_rss()  # loading the model peaks higher than training at this size; measure training alone
@@ -135,7 +145,8 @@ def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost:
         use_cpu=not torch.cuda.is_available(), bf16=SETTINGS["dtype"] == torch.bfloat16,
         dataloader_drop_last=True, disable_tqdm=True, seed=0,
     )
-    callbacks = [boost_callback, clock] if boost_callback else [clock]  # the clock last: it sees the boost work
+    # The clock after the boost work, so that it sees it.
+    callbacks = ([boost_callback] if boost_callback else []) + [clock, *watchers]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -167,15 +178,38 @@ def peak_memory(arm: str, args) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def profile(arm: str, model_dir: Path, batches, batch: int) -> None:
-    """The top operators of ``arm``'s training steps by own CPU time."""
+class ProfiledSteps(transformers.TrainerCallback):
+    """Runs ``profiler`` over the timed steps alone: from the end of the warm-up step to the end of training."""
+
+    def __init__(self, profiler):
+        self.profiler = profiler
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.profiler.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        wait_for_device()
+        self.profiler.stop()
+
+
+def profile(arm: str, model_dir: Path, batches, batch: int, steps: int = 5) -> None:
+    """Where ``arm``'s training steps spend their time: wall time per step, the operators' own CPU time and,
+    on a GPU, the kernels' own device time per step (device time below wall time means the GPU waited on
+    the host), then the top operators."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    train_arm(arm, model_dir, batches, 1, batch)  # a warm-up run
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_arm(arm, model_dir, batches, 3, batch)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    gpu = torch.cuda.is_available()
+    prof = torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
+    clock = train_arm(arm, model_dir, batches, steps, batch, watchers=(ProfiledSteps(prof),))[0]
+    events = prof.key_averages()
+    summary = f"{arm}: {statistics.fmean(clock.step_seconds) * 1e3:.1f} ms per step (wall, under the profiler), " \
+              f"{sum(e.self_cpu_time_total for e in events) / 1e3 / steps:.1f} ms own CPU time of operators"
+    if gpu:
+        summary += f", {sum(e.self_device_time_total for e in events) / 1e3 / steps:.1f} ms of GPU kernels"
+    print(summary + f" per step (means over {steps} steps after a warm-up step)")
+    print(events.table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total", row_limit=25))
 
 
 def main() -> None:
@@ -189,7 +223,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--kappa-probe-steps", type=int, default=8,
                         help="steps of the XGBLoRA run with kappa=2 that times round changes")
-    parser.add_argument("--profile", choices=ARMS, help="profile one arm instead of the comparison")
+    parser.add_argument("--profile", choices=ARMS, nargs="+", help="profile these arms instead of the comparison")
     parser.add_argument("--memory-only", action="store_true", help="only each arm's peak memory while training")
     parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
     parser.add_argument("--out", default="bench/results/speed.json")
@@ -215,7 +249,8 @@ def main() -> None:
             print(f"| {arm} | {peak_memory(arm, args) / 2**30:.3f} GiB |")
         return
     if args.profile:
-        profile(args.profile, model_dir, batches, args.batch)
+        for arm in args.profile:
+            profile(arm, model_dir, batches, args.batch)
         return
 
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
