@@ -207,7 +207,9 @@ def profile(arm: str, model_dir: Path, batches, batch: int, steps: int = 5) -> N
     summary = f"{arm}: {statistics.fmean(clock.step_seconds) * 1e3:.1f} ms per step (wall, under the profiler), " \
               f"{sum(e.self_cpu_time_total for e in events) / 1e3 / steps:.1f} ms own CPU time of operators"
     if gpu:
-        summary += f", {sum(e.self_device_time_total for e in events) / 1e3 / steps:.1f} ms of GPU kernels"
+        # Kernels are events of their own; the operators that launch them carry the same time again.
+        kernels = sum(e.self_device_time_total for e in events if e.device_type != torch.autograd.DeviceType.CPU)
+        summary += f", {kernels / 1e3 / steps:.1f} ms of GPU kernels"
     print(summary + f" per step (means over {steps} steps after a warm-up step)")
     print(events.table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total", row_limit=25))
 
