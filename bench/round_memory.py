@@ -8,8 +8,10 @@ between steps at its end (weights, adapters, optimizer state, merge residuals). 
 cost as they spread over the blocks.
 
     python bench/round_memory.py --model random-1b --dtype bf16 --rounds 8 [--merge-residual auto never]
+    python bench/round_memory.py --replot bench/results/round-memory-gpu.json   # redraw the figure only
 
-Needs a CUDA GPU (bench/gpu.sh runs it); writes bench/results/round-memory-gpu.json and prints a table.
+Needs a CUDA GPU (bench/gpu.sh runs it); writes bench/results/round-memory-gpu.json, a PNG beside it and
+prints a table.
 """
 
 from __future__ import annotations
@@ -60,6 +62,38 @@ def by_round(arm: str, boost: BoostConfig, model_dir: Path, batches, batch: int,
             "residual_bytes_at_end": residual_bytes, "residual_weights_at_end": len(booster.residuals)}
 
 
+def plot(result: dict, path: Path) -> None:
+    """Peak and held memory per round, one line pair per residual policy; PEFT LoRA's peak from the speed
+    benchmark's results beside it (``speed-gpu.json``), when they exist, as the line to stay under."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gib = 2**30
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for run, colour in zip(result["runs"], ("tab:red", "tab:blue", "tab:green")):
+        rounds = [row["round"] for row in run["rows"]]
+        axes.plot(rounds, [row["peak_bytes"] / gib for row in run["rows"]], "o-", color=colour,
+                  label=f"peak during the round, merge_residual={run['merge_residual']}")
+        axes.plot(rounds, [row["held_at_end_bytes"] / gib for row in run["rows"]], "s--", color=colour,
+                  label=f"held between steps at its end, merge_residual={run['merge_residual']}")
+    speed = path.parent / "speed-gpu.json"
+    if speed.exists():
+        anchor = next(r for r in json.loads(speed.read_text())["rows"] if r["arm"] == "peft-lora")
+        axes.axhline(anchor["peak_memory_bytes"] / gib, color="grey", linestyle=":",
+                     label="PEFT LoRA r8 q/v, peak (bench/speed.py)")
+    axes.set_xlabel("round (kappa steps each)")
+    axes.set_ylabel("GPU memory allocated (GiB)")
+    axes.set_ylim(bottom=0)
+    axes.set_title(f"{result['method']} on {Path(result['model']).name} ({result['dtype']}), "
+                   f"batch {result['batch'][0]} x {result['batch'][1]}, {result['machine']}", fontsize=9)
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random-1b", help="'random-1b' (Llama-3.2-1B shape, random weights) "
@@ -72,7 +106,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--out", default="bench/results/round-memory-gpu.json")
+    parser.add_argument("--replot", metavar="JSON", help="only redraw the figure of a results file")
     args = parser.parse_args()
+    if args.replot:
+        source = Path(args.replot)
+        plot(json.loads(source.read_text()), source.with_suffix(".png"))
+        print(f"figure: {source.with_suffix('.png')}")
+        return
     if not torch.cuda.is_available():
         sys.exit("round_memory.py measures GPU memory and needs a CUDA GPU; on a CPU use "
                  "`python bench/speed.py --memory-only`.")
@@ -99,6 +139,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    plot(result, out.with_suffix(".png"))
 
     gib = 2**30
     print("| round | blocks | " + " | ".join(f"peak / held at end ({r['merge_residual']})" for r in runs) + " |")
@@ -110,7 +151,7 @@ def main() -> None:
     for r in runs:
         print(f"merge_residual={r['merge_residual']}: {r['residual_weights_at_end']} residual weights, "
               f"{r['residual_bytes_at_end'] / gib:.2f} GiB at the end")
-    print(f"results: {out}")
+    print(f"results: {out}, figure: {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
