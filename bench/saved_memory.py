@@ -5,8 +5,8 @@ saw XGBLoRA's at 1.99 and 2.10 GiB in two runs of one command), so this counts w
 decides instead: every tensor saved for backward during one forward pass (through
 ``torch.autograd.graph.saved_tensors_hooks``), each storage once, the model's parameters left out; plus
 the trainable state (parameters, and a gradient and two Adam moments for each one the step trained).
-The count does not depend on the machine's load. XGBLoRA's activations depend on the lowest block a round adapts (the
-backward pass stops there), so it is counted for each of its first rounds' layer sets.
+The count does not depend on the machine's load. XGBLoRA's activations depend on the lowest block a
+round adapts (the backward pass stops there), so it is counted for each of its first rounds' layer sets.
 
     python bench/saved_memory.py [--model default] [--batch 8] [--length 64] [--rounds 8]
 
