@@ -5,12 +5,12 @@
 #   bash bench/gpu.sh --profile xgblora peft-lora   # only: where those arms' GPU time goes
 # Without arguments it then runs bench/round_memory.py: XGBLoRA's GPU memory round by round over 8 rounds,
 # with and without fp32 merge residuals.
-# Uses $PYTHON (default python3) when it has CUDA torch, transformers, peft and accelerate; otherwise it sets
-# up .venv-gpu from the package registry first.
+# Uses $PYTHON (default python3) when it has CUDA torch, transformers, peft and accelerate (a GPU image's own
+# Python usually does; `datasets` is not needed here); otherwise it sets up .venv-gpu from the package registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import torch, transformers, peft, accelerate, datasets, psutil, yaml; assert torch.cuda.is_available()" 2>/dev/null; then
+if ! "$PYTHON" -c "import torch, transformers, peft, accelerate, psutil, yaml; assert torch.cuda.is_available()" 2>/dev/null; then
     python3 -m venv .venv-gpu
     .venv-gpu/bin/pip -q install torch==2.13.0   # the registry's default build, with CUDA
     .venv-gpu/bin/pip -q install -e .

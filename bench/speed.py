@@ -40,7 +40,6 @@ import torch
 import transformers
 
 from loraboost import Booster, BoostCallback, BoostConfig
-from loraboost.run import model_folder
 from review_text import review_token_rows
 
 ARMS = ("peft-lora", "lora", "xgblora", "cola", "peft-lora-r1-all", "floor")
@@ -238,6 +237,8 @@ def main() -> None:
         ids = torch.randint(RANDOM_VOCAB, (count * args.batch, args.length), generator=torch.Generator().manual_seed(0))
         batches = [{"input_ids": row, "labels": row.clone()} for row in ids]
     else:
+        from loraboost.run import model_folder  # here: it imports `datasets`, which the random model never needs
+
         model_dir = model_folder(args.model)
         batches = real_batches(transformers.AutoTokenizer.from_pretrained(model_dir), count, args.batch, args.length)
 
