@@ -114,8 +114,8 @@ def main() -> None:
         print(f"figure: {source.with_suffix('.png')}")
         return
     if not torch.cuda.is_available():
-        sys.exit("round_memory.py measures GPU memory and needs a CUDA GPU; on a CPU use "
-                 "`python bench/speed.py --memory-only`.")
+        sys.exit("round_memory.py measures GPU memory and needs a CUDA GPU; on a CPU, "
+                 "`python bench/saved_memory.py` counts each arm's and XGBLoRA's per-round activation memory.")
     transformers.logging.set_verbosity_error()
     SETTINGS["dtype"] = DTYPES[args.dtype]
     if args.model == "random-1b":
