@@ -1,5 +1,6 @@
 """How much of 100 small rank-1 merges a bf16 base keeps: plain in-place bf16 adds against the fp32
-residual (compensated) merges loraboost uses for bf16/fp16 weights, on SmolLM2-135M's real weights;
+residual (compensated) merges loraboost uses for bf16/fp16 weights and the same with a bf16 residual
+(half the memory), on SmolLM2-135M's real weights;
 and what the residual costs in memory for each preset's targets.
 
     python bench/merge_precision.py [--rounds 100] [--out bench/results/merge_precision.json]
@@ -21,13 +22,17 @@ from loraboost.merge import add_delta_
 MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.10.mlp.down_proj", "model.layers.29.self_attn.o_proj"]
 
 
-def kept_share(weight_fp32: torch.Tensor, rounds: int, relative_size: float, compensated: bool, seed: int) -> float:
+SCHEMES = {"plain bf16 add": None, "fp32 residual": torch.float32, "bf16 residual": torch.bfloat16}
+
+
+def kept_share(weight_fp32: torch.Tensor, rounds: int, relative_size: float, scheme: str, seed: int) -> float:
     """1 - |held - exact| / |exact| after ``rounds`` rank-1 merges of per-element size ``relative_size``
-    times the weight's mean magnitude, into a bf16 copy of the weight."""
+    times the weight's mean magnitude, into a bf16 copy of the weight, with a residual of SCHEMES[scheme]."""
     g = torch.Generator().manual_seed(seed)
     weight = weight_fp32.to(torch.bfloat16)
     start = weight.double()
-    residual = torch.zeros_like(weight_fp32) if compensated else None
+    residual_dtype = SCHEMES[scheme]
+    residual = None if residual_dtype is None else torch.zeros_like(weight_fp32, dtype=residual_dtype)
     exact = torch.zeros_like(start)
     scale = relative_size * weight_fp32.abs().mean()
     for _ in range(rounds):
@@ -37,7 +42,7 @@ def kept_share(weight_fp32: torch.Tensor, rounds: int, relative_size: float, com
         delta *= scale / delta.abs().mean()
         exact += delta.double()
         add_delta_(weight, delta, residual)
-    held = weight.double() + (residual.double() if compensated else 0) - start
+    held = weight.double() + (0 if residual is None else residual.double()) - start
     return 1 - float((held - exact).norm() / exact.norm())
 
 
@@ -63,9 +68,9 @@ def main() -> None:
     bf16_bytes = 2 * sum(p.numel() for p in model.parameters())
     rows = []
     for size in (1e-3, 1e-4, 1e-5):
-        for compensated in (False, True):
-            kept = [kept_share(w, args.rounds, size, compensated, seed=i) for i, w in enumerate(weights.values())]
-            rows.append({"relative_size": size, "scheme": "fp32 residual" if compensated else "plain bf16 add",
+        for scheme in SCHEMES:
+            kept = [kept_share(w, args.rounds, size, scheme, seed=i) for i, w in enumerate(weights.values())]
+            rows.append({"relative_size": size, "scheme": scheme,
                          "kept_min": min(kept), "kept_mean": sum(kept) / len(kept)})
     memory = residual_bytes(model_dir)
     report = {"rounds": args.rounds, "modules": MODULES, "rows": rows, "residual_bytes": memory,

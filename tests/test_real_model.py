@@ -53,3 +53,17 @@ def test_xgblora_on_smollm2_merges_exactly_and_keeps_outputs(model_dir):
     answer = tokenizer.decode(booster.model.generate(**tokenizer("The capital of France is", return_tensors="pt"),
                                                      max_new_tokens=3, do_sample=False)[0])
     assert "Paris" in answer  # four tiny merges leave the model's knowledge intact
+
+
+def test_an_encoders_new_head_is_drawn_from_the_runs_seed():
+    """MiniLM gets a fresh classifier head; the same seed must give the same head whatever ran before."""
+    from loraboost.run import RunOptions, prepare
+
+    def head(seed: int, rng_before: int) -> torch.Tensor:
+        torch.manual_seed(rng_before)  # what other work left in the global RNG
+        options = RunOptions(model="minilm", data="trec", train_size=8, test_size=8, seed=seed)
+        model = prepare(options, BoostConfig(method="lora"))[0]
+        return model.classifier.weight.detach().clone()
+
+    assert torch.equal(head(seed=3, rng_before=0), head(seed=3, rng_before=1))
+    assert not torch.equal(head(seed=3, rng_before=0), head(seed=4, rng_before=0))

@@ -335,6 +335,8 @@ def prepare(options: RunOptions, boost: BoostConfig):
         if len(classes) < 2:
             raise ValueError(f"label_column={options.label_column!r} has a single class {classes}; "
                              "classification needs at least two.")
+    # An encoder's new classification head is drawn from the global RNG: seed it, or a run is not repeatable.
+    transformers.set_seed(options.seed)
     model, tokenizer = load_model(options.model, options.task, num_labels=len(classes) if classes else None)
     task = Task(options, tokenizer, classes, head=is_encoder(model_folder(options.model)))
     splits = {name: task.prepare(split) for name, split in raw_splits.items()}

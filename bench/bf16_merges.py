@@ -1,0 +1,197 @@
+"""Does a bf16 base lose XGBLoRA's merged updates in real training, and does it cost accuracy? XGBLoRA at the
+quality benchmark's settings on a base held in bf16, merging with each residual policy, against an fp32 base.
+
+Variants (``--variants``):
+  fp32                the base in fp32: every merge exact (the quality benchmark's setting)
+  bf16-plain          a bf16 base, merges added in place (``merge_residual="never"``)
+  bf16-fp32-residual  a bf16 base with an fp32 residual per merged weight (what ``"auto"`` does on bf16)
+  bf16-bf16-residual  the same compensated sum with the residual rounded to bf16 (2 bytes per element, not 4)
+
+This CPU has no bf16 matmul units (a bf16 MiniLM step runs about 30x slower than an fp32 one), so bf16
+*storage* is emulated and compute stays fp32: every parameter of the loaded model is rounded to a bf16 value,
+and each merge runs the library's own ``merge.add_delta_`` on a real bf16 copy of the weight and writes the
+bf16 result back. What differs between the variants is therefore exactly what their merges keep. Each run also
+reports the share of the merged updates the weights keep: 1 - |held change - exact sum| / |exact sum| over all
+merged weights, for the weights the forward pass uses and for weights plus residual.
+
+    python bench/bf16_merges.py --model minilm --task trec                     # 189 steps, 3 merges
+    python bench/bf16_merges.py --model minilm --task trec --steps-factor 3    # 567 steps, 11 merges
+
+Runs are reused when finished (the benchmark resumes); writes OUT/<model>-<task>[-Nx]/bf16_merges.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import loraboost.booster
+import loraboost.run
+from loraboost import BoostConfig
+from loraboost.merge import add_delta_
+from loraboost.run import FINISHED, RunOptions, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import MODELS, SIZES  # noqa: E402  (the quality benchmark's models, epochs and splits)
+
+VARIANTS = {  # name -> (base held in bf16, merge_residual policy, residual rounded to bf16)
+    "fp32": (False, "auto", False),
+    "bf16-plain": (True, "never", False),
+    "bf16-fp32-residual": (True, "always", False),  # "always": the emulated base is stored as fp32 tensors
+    "bf16-bf16-residual": (True, "always", True),
+}
+KEPT = "merge_kept.json"
+
+
+class MergeTracker:
+    """Wraps ``merge.add_delta_`` as the booster calls it: optionally on bf16 storage, and counting per merged
+    weight its value before the first merge and the exact (fp64) sum of every delta added since."""
+
+    def __init__(self, bf16: bool, bf16_residual: bool):
+        self.bf16, self.bf16_residual = bf16, bf16_residual
+        self.weights: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+        if id(weight) not in self.weights:
+            self.weights[id(weight)] = (weight, residual, weight.detach().clone(), torch.zeros_like(weight, dtype=torch.float64))
+        self.weights[id(weight)][3].add_(delta.double())
+        if not self.bf16:
+            add_delta_(weight, delta, residual)
+            return
+        held = weight.detach().to(torch.bfloat16)
+        add_delta_(held, delta, residual)  # the library's bf16 arithmetic, on a real bf16 tensor
+        weight.copy_(held.float())
+        if residual is not None and self.bf16_residual:
+            residual.copy_(residual.bfloat16().float())
+
+    def kept(self) -> dict[str, float]:
+        """Share of the exact merged update that the forward weights, and weights plus residual, hold."""
+        exact_sq = forward_sq = held_sq = 0.0
+        for weight, residual, start, exact in self.weights.values():
+            change = weight.double() - start.double()
+            exact_sq += float(exact.square().sum())
+            forward_sq += float((change - exact).square().sum())
+            if residual is not None:
+                change = change + residual.double()
+            held_sq += float((change - exact).square().sum())
+        if not exact_sq:
+            return {"forward": 1.0, "held": 1.0}
+        return {"forward": 1 - (forward_sq / exact_sq) ** 0.5, "held": 1 - (held_sq / exact_sq) ** 0.5}
+
+
+def bf16_valued(load_model):
+    """``load_model`` whose model comes back with every parameter rounded to a bf16 value."""
+    def load(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.bfloat16().float())
+        return model, tokenizer
+    return load
+
+
+@contextlib.contextmanager
+def patched(module, name: str, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: float, threads: int) -> dict:
+    """One XGBLoRA run of ``variant`` (reused when finished); its summary with the merge-kept shares added."""
+    if (folder / FINISHED).exists() and (folder / KEPT).exists():
+        return {**json.loads((folder / FINISHED).read_text()), "kept": json.loads((folder / KEPT).read_text())}
+    torch.set_num_threads(threads)
+    bf16, policy, bf16_residual = VARIANTS[variant]
+    tracker = MergeTracker(bf16, bf16_residual)
+    run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(patched(loraboost.booster, "add_delta_", tracker))
+        if bf16:
+            stack.enter_context(patched(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
+        summary = train(run_options, BoostConfig(method="xgblora", merge_residual=policy, seed=seed))
+    kept = tracker.kept()
+    (folder / KEPT).write_text(json.dumps(kept))
+    for checkpoint in folder.glob("checkpoint-*"):  # only the summary and the kept shares are needed here
+        shutil.rmtree(checkpoint)
+    return {**summary, "kept": kept}
+
+
+def picked_lr(quality: Path, model: str, task: str) -> float:
+    """XGBLoRA's learning rate as the quality benchmark picked it on validation."""
+    if not quality.exists():
+        raise SystemExit(f"{quality} does not exist; run bench/quality.py for {model} on {task} first, or pass --lr.")
+    rows = json.loads(quality.read_text())["grid"].get(f"{model} on {task}", [])
+    for row in rows:
+        if row["name"] == "xgblora":
+            return row["picked_lr"]
+    raise SystemExit(f"{quality} has no XGBLoRA cell for {model} on {task}; run that cell first, or pass --lr.")
+
+
+def report(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| variant | test accuracy (mean +- std) | per seed | merges | merged update kept by "
+             "the forward weights | by weights + residual |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
+                     f"| {r['rounds_merged']} | {min(r['kept_forward']):.2%} - {max(r['kept_forward']):.2%} "
+                     f"| {min(r['kept_held']):.2%} - {max(r['kept_held']):.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="minilm")
+    parser.add_argument("--task", choices=("movie-reviews", "trec"), default="trec")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps-factor", type=float, default=1.0, help="the quality benchmark's epochs times this")
+    parser.add_argument("--lr", type=float, help="default: XGBLoRA's LR picked by bench/quality.py (see --quality)")
+    parser.add_argument("--quality", type=Path, default=Path("runs/quality/quality.json"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side, each with cores/jobs torch threads")
+    parser.add_argument("--output", type=Path, default=Path("runs/bf16_merges"))
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"--variants has {v!r}, which is not one of {', '.join(VARIANTS)}.")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    lr = args.lr or picked_lr(args.quality, args.model, args.task)
+    epochs = MODELS[args.model]["epochs"] * args.steps_factor
+    options = RunOptions(model=MODELS[args.model]["model"], data=args.task, save_steps=50, epochs=epochs, **SIZES)
+    out = args.output / (f"{args.model}-{args.task}" + (f"-{args.steps_factor:g}x" if args.steps_factor != 1 else ""))
+    threads = max(1, torch.get_num_threads() // args.jobs)
+
+    jobs = {(v, s): (out / v / f"seed{s}", options, v, s, lr, threads) for v in variants for s in seeds}
+    with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+        futures = {key: pool.submit(run_variant, *job) for key, job in jobs.items()}
+        summaries = {key: f.result() for key, f in futures.items()}
+    rows = []
+    for v in variants:
+        runs = [summaries[v, s] for s in seeds]
+        scores = [r["metrics"]["test"]["accuracy"] for r in runs]
+        rows.append({"variant": v, "seeds": seeds, "test_scores": scores, "mean": statistics.fmean(scores),
+                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                     "rounds_merged": runs[0]["rounds_merged"], "steps": runs[0]["steps"],
+                     "kept_forward": [r["kept"]["forward"] for r in runs], "kept_held": [r["kept"]["held"] for r in runs]})
+    header = (f"XGBLoRA on {args.model} / {args.task}, lr {lr:g}, {rows[0]['steps']} steps, seeds {args.seeds}; "
+              f"bf16 storage emulated (fp32 compute). Command: `python {' '.join(sys.argv)}`")
+    (out / "bf16_merges.json").write_text(json.dumps({"command": sys.argv, "lr": lr, "rows": rows}, indent=1))
+    (out / "bf16_merges.md").write_text(report(rows, header))
+    print(report(rows, header))
+
+
+if __name__ == "__main__":
+    main()
