@@ -5,7 +5,7 @@ Variants (``--variants``):
   fp32                the base in fp32: every merge exact (the quality benchmark's setting)
   bf16-plain          a bf16 base, merges added in place (``merge_residual="never"``)
   bf16-fp32-residual  a bf16 base with an fp32 residual per merged weight (what ``"auto"`` does on bf16)
-  bf16-bf16-residual  the same compensated sum with the residual rounded to bf16 (2 bytes per element, not 4)
+  bf16-bf16-residual  the same with ``merge_residual_dtype="bfloat16"`` (2 bytes per element, not 4)
 
 This CPU has no bf16 matmul units (a bf16 MiniLM step runs about 30x slower than an fp32 one), so bf16
 *storage* is emulated and compute stays fp32: every parameter of the loaded model is rounded to a bf16 value,
@@ -43,11 +43,11 @@ from loraboost.run import FINISHED, RunOptions, train
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import MODELS, SIZES  # noqa: E402  (the quality benchmark's models, epochs and splits)
 
-VARIANTS = {  # name -> (base held in bf16, merge_residual policy, residual rounded to bf16)
-    "fp32": (False, "auto", False),
-    "bf16-plain": (True, "never", False),
-    "bf16-fp32-residual": (True, "always", False),  # "always": the emulated base is stored as fp32 tensors
-    "bf16-bf16-residual": (True, "always", True),
+VARIANTS = {  # name -> (base held in bf16, merge_residual, merge_residual_dtype)
+    "fp32": (False, "auto", "float32"),
+    "bf16-plain": (True, "never", "float32"),
+    "bf16-fp32-residual": (True, "always", "float32"),  # "always": the emulated base is stored as fp32 tensors
+    "bf16-bf16-residual": (True, "always", "bfloat16"),
 }
 KEPT = "merge_kept.json"
 
@@ -56,8 +56,8 @@ class MergeTracker:
     """Wraps ``merge.add_delta_`` as the booster calls it: optionally on bf16 storage, and counting per merged
     weight its value before the first merge and the exact (fp64) sum of every delta added since."""
 
-    def __init__(self, bf16: bool, bf16_residual: bool):
-        self.bf16, self.bf16_residual = bf16, bf16_residual
+    def __init__(self, bf16: bool):
+        self.bf16 = bf16
         self.weights: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -71,8 +71,6 @@ class MergeTracker:
         held = weight.detach().to(torch.bfloat16)
         add_delta_(held, delta, residual)  # the library's bf16 arithmetic, on a real bf16 tensor
         weight.copy_(held.float())
-        if residual is not None and self.bf16_residual:
-            residual.copy_(residual.bfloat16().float())
 
     def kept(self) -> dict[str, float]:
         """Share of the exact merged update that the forward weights, and weights plus residual, hold."""
@@ -115,14 +113,15 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
     if (folder / FINISHED).exists() and (folder / KEPT).exists():
         return {**json.loads((folder / FINISHED).read_text()), "kept": json.loads((folder / KEPT).read_text())}
     torch.set_num_threads(threads)
-    bf16, policy, bf16_residual = VARIANTS[variant]
-    tracker = MergeTracker(bf16, bf16_residual)
+    bf16, policy, residual_dtype = VARIANTS[variant]
+    tracker = MergeTracker(bf16)
     run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True)
     with contextlib.ExitStack() as stack:
         stack.enter_context(patched(loraboost.booster, "add_delta_", tracker))
         if bf16:
             stack.enter_context(patched(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
-        summary = train(run_options, BoostConfig(method="xgblora", merge_residual=policy, seed=seed))
+        summary = train(run_options, BoostConfig(method="xgblora", merge_residual=policy,
+                                                   merge_residual_dtype=residual_dtype, seed=seed))
     kept = tracker.kept()
     (folder / KEPT).write_text(json.dumps(kept))
     for checkpoint in folder.glob("checkpoint-*"):  # only the summary and the kept shares are needed here
@@ -146,8 +145,8 @@ def report(rows: list[dict], header: str) -> str:
              "the forward weights | by weights + residual |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
-                     f"| {r['rounds_merged']} | {min(r['kept_forward']):.2%} - {max(r['kept_forward']):.2%} "
-                     f"| {min(r['kept_held']):.2%} - {max(r['kept_held']):.2%} |")
+                     f"| {r['rounds_merged']} | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
+                     f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,7 @@ def test_round_trip_through_dict():
     ("steps_per_round", 0, "steps_per_round=0"),
     ("merge_scale", 0, "merge_scale=0"),
     ("norm_penalty", -0.1, "norm_penalty=-0.1"),
+    ("merge_residual_dtype", "float16", "merge_residual_dtype='float16'"),
     ("optimizer_reset", "zero", "optimizer_reset='zero'"),
     ("prune_ratio", 1.0, "prune_ratio=1.0"),
     ("lr_schedule", "cyclic", "lr_schedule='cyclic'"),

@@ -104,7 +104,7 @@ class Booster:
         self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots})
         self.plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
                               cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
-        # fp32 residuals of merged weights (see merge.add_delta_), made at a module's first merge.
+        # Residuals of merged weights (see merge.add_delta_), made at a module's first merge.
         self.residuals: dict[str, torch.Tensor] = {}
         # Quantized base layers are never written to: their merged rounds run beside them.
         self.side_paths: dict[str, LowRankSidePath] = {
@@ -252,14 +252,17 @@ class Booster:
             add_delta_(slot.base_weight, lora_delta(A, B, scale, slot.fan_in_fan_out), self._residual(slot))
 
     def _residual(self, slot: Slot) -> torch.Tensor | None:
-        """The fp32 residual of ``slot``'s weight, created on first use when the policy asks for one."""
+        """The residual of ``slot``'s weight (in ``merge_residual_dtype``), created on first use when the
+        policy asks for one."""
         weight = slot.base_weight
         if slot.name not in self.residuals and needs_residual(self.config.merge_residual, weight.dtype):
-            self.residuals[slot.name] = torch.zeros_like(weight, dtype=torch.float32)  # sharded like the weight
+            dtype = getattr(torch, self.config.merge_residual_dtype)
+            self.residuals[slot.name] = torch.zeros_like(weight, dtype=dtype)  # sharded like the weight
         return self.residuals.get(slot.name)
 
     def merged_weight(self, slot: Slot) -> torch.Tensor:
-        """``slot``'s base weight with every merge in full: the weight plus its residual, in fp32."""
+        """``slot``'s base weight with every merge in full (to its residual's precision): the weight plus its
+        residual, in fp32."""
         weight = slot.base_weight.detach().float()
         residual = self.residuals.get(slot.name)
         return weight if residual is None else weight + residual
