@@ -3,11 +3,12 @@
 The speed benchmark's peak memory covers a few dozen steps, mostly inside the first round. This trains
 one arm for several rounds on the GPU under the Trainer and reports, per round, the blocks it adapts, the
 peak memory allocated during its steps (the merge that ends it included) and what stays allocated
-between steps at its end (weights, adapters, optimizer state, merge residuals). Run it with
-``merge_residual`` at ``auto`` (fp32 residuals for a bf16 model) and ``never`` to see what the residuals
-cost as they spread over the blocks.
+between steps at its end (weights, adapters, optimizer state, merge residuals). By default it runs with
+``merge_residual`` at ``auto`` (fp32 residuals for a bf16 model), at ``auto:bfloat16`` (the same with
+``merge_residual_dtype="bfloat16"``, half the bytes) and at ``never`` to see what the residuals cost as they
+spread over the blocks.
 
-    python bench/round_memory.py --model random-1b --dtype bf16 --rounds 8 [--merge-residual auto never]
+    python bench/round_memory.py --model random-1b --dtype bf16 --rounds 8 [--merge-residual auto auto:bfloat16 never]
     python bench/round_memory.py --replot bench/results/round-memory-gpu.json   # redraw the figure only
 
 Needs a CUDA GPU (bench/gpu.sh runs it); writes bench/results/round-memory-gpu.json, a PNG beside it and
@@ -58,7 +59,7 @@ def by_round(arm: str, boost: BoostConfig, model_dir: Path, batches, batch: int,
             "peak_bytes": max(memory.peak_bytes[window]), "held_at_end_bytes": memory.held_bytes[window][-1],
         })
     residual_bytes = sum(r.numel() * r.element_size() for r in booster.residuals.values())
-    return {"merge_residual": boost.merge_residual, "kappa": kappa, "rows": rows,
+    return {"kappa": kappa, "rows": rows,
             "residual_bytes_at_end": residual_bytes, "residual_weights_at_end": len(booster.residuals)}
 
 
@@ -72,7 +73,7 @@ def plot(result: dict, path: Path) -> None:
 
     gib = 2**30
     figure, axes = plt.subplots(figsize=(7, 5))
-    for run, colour in zip(result["runs"], ("tab:red", "tab:blue", "tab:green")):
+    for run, colour in zip(result["runs"], ("tab:red", "tab:orange", "tab:blue", "tab:green")):
         rounds = [row["round"] for row in run["rows"]]
         axes.plot(rounds, [row["peak_bytes"] / gib for row in run["rows"]], "o-", color=colour,
                   label=f"peak during the round, merge_residual={run['merge_residual']}")
@@ -102,7 +103,8 @@ def main() -> None:
     parser.add_argument("--method", default="xgblora", help="a boosting preset that merges (xgblora, cola, ...)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps-per-round", type=int, default=50, help="kappa (XGBLoRA's default: 50)")
-    parser.add_argument("--merge-residual", nargs="+", default=["auto", "never"])
+    parser.add_argument("--merge-residual", nargs="+", default=["auto", "auto:bfloat16", "never"],
+                        help="settings to run, each merge_residual[:merge_residual_dtype]")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--out", default="bench/results/round-memory-gpu.json")
@@ -127,11 +129,14 @@ def main() -> None:
         RANDOM_VOCAB, (count, args.length), generator=torch.Generator().manual_seed(0))]
 
     runs = []
-    for policy in args.merge_residual:
-        print(f"round_memory: {args.method}, merge_residual={policy}", file=sys.stderr, flush=True)
-        boost = BoostConfig(method=args.method, steps_per_round=args.steps_per_round, rounds=args.rounds + 1,
-                            merge_residual=policy)
-        runs.append(by_round(args.method, boost, model_dir, batches, args.batch, args.rounds))
+    boosts = {}
+    for setting in args.merge_residual:  # all checked before the first (long) run
+        policy, _, dtype = setting.partition(":")
+        boosts[setting] = BoostConfig(method=args.method, steps_per_round=args.steps_per_round, rounds=args.rounds + 1,
+                                      merge_residual=policy, merge_residual_dtype=dtype or "float32")
+    for setting, boost in boosts.items():
+        print(f"round_memory: {args.method}, merge_residual={setting}", file=sys.stderr, flush=True)
+        runs.append({"merge_residual": setting, **by_round(args.method, boost, model_dir, batches, args.batch, args.rounds)})
     result = {"date": datetime.date.today().isoformat(),
               "command": "python bench/round_memory.py " + " ".join(sys.argv[1:]),
               "machine": torch.cuda.get_device_name(), "model": str(model_dir), "dtype": args.dtype,
