@@ -37,8 +37,9 @@ import torch
 import loraboost.booster
 import loraboost.run
 from loraboost import BoostConfig
+from loraboost.checkpoint import load_state_file
 from loraboost.merge import add_delta_
-from loraboost.run import FINISHED, RunOptions, train
+from loraboost.run import FINISHED, STATE, RunOptions, load_model, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import MODELS, SIZES  # noqa: E402  (the quality benchmark's models, epochs and splits)
@@ -129,6 +130,17 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
     return {**summary, "kept": kept}
 
 
+def merge_sizes(folder: Path, weights: dict[str, torch.Tensor]) -> list[float]:
+    """Each merge's per-element size relative to its weight, mean |scale * B A| / mean |W| (the measure of
+    bench/merge_precision.py's table), from the run's ledger and the base model's ``weights`` by module."""
+    state = load_state_file(folder / STATE)
+    sizes = []
+    for i, record in enumerate(state["meta"]["ledger"]):
+        delta = record["scale"] * state["tensors"][f"ledger.{i}.B"] @ state["tensors"][f"ledger.{i}.A"]
+        sizes.append(float(delta.abs().mean() / weights[record["module"]].abs().mean()))
+    return sizes
+
+
 def picked_lr(quality: Path, model: str, task: str) -> float:
     """XGBLoRA's learning rate as the quality benchmark picked it on validation."""
     if not quality.exists():
@@ -141,11 +153,12 @@ def picked_lr(quality: Path, model: str, task: str) -> float:
 
 
 def report(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| variant | test accuracy (mean +- std) | per seed | merges | merged update kept by "
-             "the forward weights | by weights + residual |", "|---|---|---|---|---|---|"]
+    lines = [header, "", "| variant | test accuracy (mean +- std) | per seed | merges | merge size / weight, median "
+             "(range) | merged update kept by the forward weights | by weights + residual |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
-                     f"| {r['rounds_merged']} | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
+                     f"| {r['rounds_merged']} | {r['merge_size_median']:.1e} ({r['merge_size_range'][0]:.0e} - "
+                     f"{r['merge_size_range'][1]:.0e}) | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
                      f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} |")
     return "\n".join(lines) + "\n"
 
@@ -177,14 +190,18 @@ def main() -> None:
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         futures = {key: pool.submit(run_variant, *job) for key, job in jobs.items()}
         summaries = {key: f.result() for key, f in futures.items()}
+    model = load_model(options.model, "classify", num_labels=2)[0]  # the base weights the merges are sized by
+    weights = {name: module.weight.detach() for name, module in model.named_modules() if hasattr(module, "weight")}
     rows = []
     for v in variants:
         runs = [summaries[v, s] for s in seeds]
+        sizes = sorted(size for s in seeds for size in merge_sizes(jobs[v, s][0], weights))
         scores = [r["metrics"]["test"]["accuracy"] for r in runs]
         rows.append({"variant": v, "seeds": seeds, "test_scores": scores, "mean": statistics.fmean(scores),
                      "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                      "rounds_merged": runs[0]["rounds_merged"], "steps": runs[0]["steps"],
-                     "kept_forward": [r["kept"]["forward"] for r in runs], "kept_held": [r["kept"]["held"] for r in runs]})
+                     "kept_forward": [r["kept"]["forward"] for r in runs], "kept_held": [r["kept"]["held"] for r in runs],
+                     "merge_size_median": statistics.median(sizes), "merge_size_range": [sizes[0], sizes[-1]]})
     header = (f"XGBLoRA on {args.model} / {args.task}, lr {lr:g}, {rows[0]['steps']} steps, seeds {args.seeds}; "
               f"bf16 storage emulated (fp32 compute). Command: `python {' '.join(sys.argv)}`")
     (out / "bf16_merges.json").write_text(json.dumps({"command": sys.argv, "lr": lr, "rows": rows}, indent=1))
