@@ -16,6 +16,7 @@ merged weights, for the weights the forward pass uses and for weights plus resid
 
     python bench/bf16_merges.py --model minilm --task trec                     # 189 steps, 3 merges
     python bench/bf16_merges.py --model minilm --task trec --steps-factor 3    # 567 steps, 11 merges
+    python bench/bf16_merges.py --sizes runs/quality/smollm2-trec/xgblora/*    # merge sizes of finished runs
 
 Runs are reused when finished (the benchmark resumes); writes OUT/<model>-<task>[-Nx]/bf16_merges.json and .md.
 """
@@ -141,6 +142,22 @@ def merge_sizes(folder: Path, weights: dict[str, torch.Tensor]) -> list[float]:
     return sizes
 
 
+def print_sizes(folders: list[Path]) -> None:
+    """Per run folder: its learning rate, merges and each merge's size relative to its weight."""
+    loaded = {}
+    print("| run | learning rate | module merges | merge size / weight: median (range) |\n|---|---|---|---|")
+    for folder in folders:
+        if not (folder / STATE).exists():
+            raise SystemExit(f"{folder} holds no {STATE}; pass finished loraboost run folders to --sizes.")
+        options = json.loads((folder / "run.json").read_text())["options"]
+        if options["model"] not in loaded:
+            model = load_model(options["model"], options["task"], num_labels=2)[0]
+            loaded[options["model"]] = {n: m.weight.detach() for n, m in model.named_modules() if hasattr(m, "weight")}
+        sizes = sorted(merge_sizes(folder, loaded[options["model"]]))
+        summary = (f"{statistics.median(sizes):.1e} ({sizes[0]:.0e} - {sizes[-1]:.0e})" if sizes else "no merge")
+        print(f"| {folder} | {options['learning_rate']:g} | {len(sizes)} | {summary} |")
+
+
 def picked_lr(quality: Path, model: str, task: str) -> float:
     """XGBLoRA's learning rate as the quality benchmark picked it on validation."""
     if not quality.exists():
@@ -174,7 +191,12 @@ def main() -> None:
     parser.add_argument("--quality", type=Path, default=Path("runs/quality/quality.json"))
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, each with cores/jobs torch threads")
     parser.add_argument("--output", type=Path, default=Path("runs/bf16_merges"))
+    parser.add_argument("--sizes", type=Path, nargs="+", metavar="RUN",
+                        help="only print the merge sizes of finished loraboost run folders, and train nothing")
     args = parser.parse_args()
+    if args.sizes:
+        print_sizes(args.sizes)
+        return
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
