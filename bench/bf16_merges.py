@@ -32,6 +32,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -100,16 +101,6 @@ def bf16_valued(load_model):
     return load
 
 
-@contextlib.contextmanager
-def patched(module, name: str, value):
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
 def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: float, threads: int) -> dict:
     """One XGBLoRA run of ``variant`` (reused when finished); its summary with the merge-kept shares added."""
     if (folder / FINISHED).exists() and (folder / KEPT).exists():
@@ -119,9 +110,9 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
     tracker = MergeTracker(bf16)
     run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(patched(loraboost.booster, "add_delta_", tracker))
+        stack.enter_context(mock.patch.object(loraboost.booster, "add_delta_", tracker))
         if bf16:
-            stack.enter_context(patched(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
+            stack.enter_context(mock.patch.object(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
         summary = train(run_options, BoostConfig(method="xgblora", merge_residual=policy,
                                                    merge_residual_dtype=residual_dtype, seed=seed))
     kept = tracker.kept()
@@ -129,6 +120,12 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
     for checkpoint in folder.glob("checkpoint-*"):  # only the summary and the kept shares are needed here
         shutil.rmtree(checkpoint)
     return {**summary, "kept": kept}
+
+
+def base_weights(model: str, task: str) -> dict[str, torch.Tensor]:
+    """The untrained model's weights by module name: what each merge's size is measured against."""
+    loaded = load_model(model, task, num_labels=2)[0]
+    return {name: module.weight.detach() for name, module in loaded.named_modules() if hasattr(module, "weight")}
 
 
 def merge_sizes(folder: Path, weights: dict[str, torch.Tensor]) -> list[float]:
@@ -151,8 +148,7 @@ def print_sizes(folders: list[Path]) -> None:
             raise SystemExit(f"{folder} holds no {STATE}; pass finished loraboost run folders to --sizes.")
         options = json.loads((folder / "run.json").read_text())["options"]
         if options["model"] not in loaded:
-            model = load_model(options["model"], options["task"], num_labels=2)[0]
-            loaded[options["model"]] = {n: m.weight.detach() for n, m in model.named_modules() if hasattr(m, "weight")}
+            loaded[options["model"]] = base_weights(options["model"], options["task"])
         sizes = sorted(merge_sizes(folder, loaded[options["model"]]))
         summary = (f"{statistics.median(sizes):.1e} ({sizes[0]:.0e} - {sizes[-1]:.0e})" if sizes else "no merge")
         print(f"| {folder} | {options['learning_rate']:g} | {len(sizes)} | {summary} |")
@@ -212,8 +208,7 @@ def main() -> None:
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         futures = {key: pool.submit(run_variant, *job) for key, job in jobs.items()}
         summaries = {key: f.result() for key, f in futures.items()}
-    model = load_model(options.model, "classify", num_labels=2)[0]  # the base weights the merges are sized by
-    weights = {name: module.weight.detach() for name, module in model.named_modules() if hasattr(module, "weight")}
+    weights = base_weights(options.model, options.task)
     rows = []
     for v in variants:
         runs = [summaries[v, s] for s in seeds]

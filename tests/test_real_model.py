@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import base_weights
 from loraboost import Booster, BoostConfig
 from loraboost.assets import default_model_dir
+from loraboost.run import RunOptions, prepare
 
 pytestmark = pytest.mark.real
 
@@ -57,7 +58,6 @@ def test_xgblora_on_smollm2_merges_exactly_and_keeps_outputs(model_dir):
 
 def test_an_encoders_new_head_is_drawn_from_the_runs_seed():
     """MiniLM gets a fresh classifier head; the same seed must give the same head whatever ran before."""
-    from loraboost.run import RunOptions, prepare
 
     def head(seed: int, rng_before: int) -> torch.Tensor:
         torch.manual_seed(rng_before)  # what other work left in the global RNG
