@@ -20,6 +20,8 @@ Every method and ablation on both models and tasks takes over 10 hours on 2 CPU 
 command runs a plan sized to about 3 hours and the rest runs when named. MiniLM trains two runs side by side
 with one torch thread each (``--jobs``), since its small matmuls use a second thread poorly; train times are
 then not comparable with one-at-a-time rows, so each row records how its train times were taken.
+On a machine with a CUDA GPU the runs train there (the Trainer picks it) and ``--jobs`` puts several on the
+one GPU; each row then records the GPU, and its peak memory is the GPU's.
 
 Writes OUTPUT/quality.json (every number, with the machine and versions), quality.md (tables) and
 quality.png / ablations.png (figures).
@@ -163,10 +165,15 @@ RAN_AS = {"how": "one run at a time"}  # how this process trains: train times ar
 RAN_AS_FILE = "ran_as.txt"
 
 
+def where() -> str:
+    """The device that trains: train times and peak memory on a GPU say nothing about the CPU and back."""
+    return f" on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+
+
 def start_worker(threads: int, jobs: int) -> None:
     """A pool worker's set-up: its share of the cores, and a note on how its runs were timed."""
     torch.set_num_threads(threads)
-    RAN_AS["how"] = f"{jobs} runs side by side, {threads} torch thread(s) each"
+    RAN_AS["how"] = f"{jobs} runs side by side{where()}, {threads} torch thread(s) each"
 
 
 def run_once(folder: Path, options: RunOptions, method: Method, overrides: dict, seed: int, lr: float) -> dict:
@@ -220,6 +227,8 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
         "trainable_parameters": summaries[0]["trainable_parameters"],
         "optimizer_state_bytes": max(s["optimizer_state_bytes"] for s in summaries),
         "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
+        **({"peak_gpu_memory_bytes": max(s["peak_gpu_memory_bytes"] for s in summaries)}
+           if all("peak_gpu_memory_bytes" in s for s in summaries) else {}),
         "train_seconds": statistics.fmean(s["train_seconds"] for s in summaries),
         "timed_as": sorted({timed_as(f) for f in folders}),
         "steps": summaries[0]["steps"], "rounds_merged": summaries[0]["rounds_merged"],
@@ -262,6 +271,8 @@ def table(rows: list[dict], ablation: bool = False) -> str:
         # The untrained base has no training run to measure.
         memory, seconds = ("-", "-") if r["name"] == "base" else (
             f"{r['peak_memory_bytes'] / 2**30:.2f} GiB", f"{r['train_seconds']:.0f} s")
+        if "peak_gpu_memory_bytes" in r:  # a GPU run: what bounds it is GPU memory, not the process's RSS
+            memory = f"{r['peak_gpu_memory_bytes'] / 2**30:.2f} GiB GPU"
         lines.append(f"| {r['label']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['test_scores'])}) | {lr} | "
                      f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
                      f"{memory} | {seconds} | {r['rounds_merged']} |")
@@ -498,13 +509,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     results = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, no GPU".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+                   f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
         "versions": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
                     f"peft {__import__('peft').__version__}",
         "date": datetime.date.today().isoformat(), "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
         "grid": previous.get("grid", {}), "ablations": previous.get("ablations", {}),
     }
-    RAN_AS["how"] = f"one run at a time, {torch.get_num_threads()} torch threads"
+    RAN_AS["how"] = f"one run at a time{where()}, {torch.get_num_threads()} torch threads"
     start = time.perf_counter()
     for model in models:
         chosen = {}

@@ -278,10 +278,14 @@ class _Progress(transformers.TrainerCallback):
 
 
 class PeakMemory:
-    """Peak resident memory of this process while the block runs, sampled every 50 ms (CPU runs)."""
+    """Peak resident memory of this process while the block runs, sampled every 50 ms; on a CUDA machine
+    also the peak GPU memory allocated by torch (``gpu_peak``; None without CUDA), the number that limits GPU runs."""
 
     def __enter__(self):
         self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self.gpu_peak = None
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -294,6 +298,8 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if torch.cuda.is_available():
+            self.gpu_peak = torch.cuda.max_memory_allocated()
 
 
 def optimizer_state_bytes(optimizer) -> int:
@@ -413,6 +419,8 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
         "peak_memory_bytes": memory.peak, "train_seconds": seconds, "truncated_examples": task.truncated,
         "metrics": metrics,
     }
+    if memory.gpu_peak is not None:
+        summary["peak_gpu_memory_bytes"] = memory.gpu_peak
     (out / FINISHED).write_text(json.dumps(summary, indent=1))
     return summary
 
