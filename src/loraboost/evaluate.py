@@ -44,6 +44,13 @@ class LabelWordTask:
             yield dict(enc), torch.tensor(rows["label"])
 
 
+def to_model_device(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's tensors on the device of the model's weights: the Trainer moves its own batches, but
+    scoring after training on a GPU gets batches built on the CPU."""
+    device = next(model.parameters()).device
+    return {name: value.to(device) if torch.is_tensor(value) else value for name, value in batch.items()}
+
+
 def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token logits at the last position only (``logits_to_keep=1``): on a 49k vocabulary
     computing the LM head over the whole sequence would be a large share of the step."""
@@ -61,7 +68,7 @@ def label_word_accuracy(model: nn.Module, tokenizer, task: LabelWordTask, data: 
     # Similar lengths batched together waste less compute on padding; the order does not matter here.
     data = data.add_column("_length", [len(t) for t in data["text"]]).sort("_length")
     for inputs, labels in task.batches(tokenizer, data, batch_size):
-        predicted = answer_logits(model, inputs)[:, label_ids].argmax(-1)
+        predicted = answer_logits(model, to_model_device(model, inputs))[:, label_ids].argmax(-1).cpu()
         correct += int((predicted == labels).sum())
         if progress is not None:
             progress.update(len(labels))
@@ -109,7 +116,7 @@ def response_loss(model: nn.Module, tokenizer, task: ResponseTask, data: Dataset
     total, tokens = 0.0, 0
     for batch in task.batches(tokenizer, data, batch_size, prompt_column, response_column):
         count = int((batch["labels"][:, 1:] != -100).sum())
-        total += model(**batch).loss.item() * count
+        total += model(**to_model_device(model, batch)).loss.item() * count
         tokens += count
         if progress is not None:
             progress.update(len(batch["input_ids"]))

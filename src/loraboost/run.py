@@ -25,7 +25,8 @@ from .booster import Booster
 from .checkpoint import extra_trainables
 from .config import BoostConfig
 from .data import EMBEDDED, load_data, require_columns, sample_splits
-from .evaluate import LabelWordTask, ResponseTask, answer_logits, label_word_accuracy, response_loss
+from .evaluate import (LabelWordTask, ResponseTask, answer_logits, label_word_accuracy, response_loss,
+                       to_model_device)
 from .hf import BoostCallback
 
 FINISHED = "summary.json"  # written last: a folder without it is not a finished run
@@ -458,7 +459,7 @@ def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32, progres
     for start in range(0, len(data), batch_size):
         inputs = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
         labels = inputs.pop("labels")
-        correct += int((model(**inputs).logits.argmax(-1) == labels).sum())
+        correct += int((model(**to_model_device(model, inputs)).logits.argmax(-1).cpu() == labels).sum())
         if progress is not None:
             progress.update(len(labels))
     model.train(was_training)
