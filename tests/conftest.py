@@ -9,9 +9,9 @@ import transformers
 VOCAB = 64
 
 
-def tiny_llama(seed: int = 0, layers: int = 6) -> transformers.PreTrainedModel:
+def tiny_llama(seed: int = 0, layers: int = 6, hidden: int = 32) -> transformers.PreTrainedModel:
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return transformers.LlamaForCausalLM(cfg)
 

@@ -13,7 +13,9 @@ from loraboost import Booster, BoostConfig
 @pytest.fixture(scope="module")
 def saved_llama(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
-    tiny_llama(seed=0).save_pretrained(folder)
+    # bitsandbytes from 0.50 on repacks 4-bit weights for its CPU kernels in blocks of 64 input features:
+    # a layer narrower than that fails to load, so this model is twice the usual tiny width.
+    tiny_llama(seed=0, hidden=64).save_pretrained(folder)
     return folder
 
 
@@ -29,13 +31,16 @@ def logits(model):
 
 def trained_on_four_bit(folder, steps=5, total_steps=6):
     booster = Booster(four_bit(folder), BoostConfig(method="cola", rounds=3, seed=2), total_steps=total_steps)
-    packed = {s.name: s.base_weight.detach().clone() for s in booster.slots}
     train(booster, batches("llama", steps))
-    return booster, packed
+    return booster
 
 
 def test_merges_leave_the_quantized_weights_untouched_and_keep_outputs(saved_llama):
-    booster, packed = trained_on_four_bit(saved_llama, steps=1)  # knots at steps 2 and 4
+    booster = trained_on_four_bit(saved_llama, steps=1)  # knots at steps 2 and 4
+    # bitsandbytes >= 0.50 repacks 4-bit weights for its CPU kernels at the first inference forward, once:
+    # snapshot after that, so what is checked is that merges never touch them.
+    booster.model.eval(), logits(booster.model), booster.model.train()
+    packed = {s.name: s.base_weight.detach().clone() for s in booster.slots}
     assert booster.side_paths and all(s.base_weight.dtype == torch.uint8 for s in booster.slots)
     opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
     changes = 0
@@ -54,7 +59,7 @@ def test_merges_leave_the_quantized_weights_untouched_and_keep_outputs(saved_lla
 
 
 def test_exact_adapter_on_the_quantized_base_reproduces_the_model(saved_llama, tmp_path):
-    booster, _ = trained_on_four_bit(saved_llama)
+    booster = trained_on_four_bit(saved_llama)
     booster.model.eval()
     booster.save_adapter(tmp_path / "adapter")
     loaded = PeftModel.from_pretrained(four_bit(saved_llama), tmp_path / "adapter").eval()
@@ -64,7 +69,7 @@ def test_exact_adapter_on_the_quantized_base_reproduces_the_model(saved_llama, t
 
 
 def test_resume_on_a_quantized_base_rebuilds_the_side_paths(saved_llama, tmp_path):
-    booster, _ = trained_on_four_bit(saved_llama)
+    booster = trained_on_four_bit(saved_llama)
     booster.save_state(tmp_path / "s.safetensors")
     fresh = Booster(four_bit(saved_llama), booster.config, total_steps=6)
     fresh.load_state(tmp_path / "s.safetensors")

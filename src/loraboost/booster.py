@@ -50,6 +50,12 @@ class Slot:
         return self.lora.get_base_layer().weight
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the adapted layer, whatever its weight's storage: a 4-bit weight is a packed byte
+        tensor whose shape bitsandbytes may even change (its CPU kernels repack at the first forward)."""
+        return self.B.shape[0], self.A.shape[1]
+
+    @property
     def fan_in_fan_out(self) -> bool:
         return bool(self.lora.fan_in_fan_out)
 

@@ -39,7 +39,7 @@ def booster_state(booster: Booster) -> dict[str, Any]:
         "format": FORMAT,
         "config": booster.config.to_dict(),
         "model_class": type(booster.model.get_base_model()).__name__,
-        "modules": {s.name: list(s.base_weight.shape) for s in booster.slots},
+        "modules": {s.name: list(s.shape) for s in booster.slots},
         "global_step": booster.global_step,
         "total_steps": booster.plan.total_steps,
         "ledger": records,
@@ -119,7 +119,7 @@ def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str,
     for field, value in saved.items():
         if current[field] != value:
             raise ValueError(f"the state was saved with {field}={value!r}, but this booster has {field}={current[field]!r}.")
-    ours = {s.name: list(s.base_weight.shape) for s in booster.slots}
+    ours = {s.name: list(s.shape) for s in booster.slots}
     for name, shape in meta["modules"].items():
         if name not in ours:
             raise ValueError(f"the state has a booster on module {name!r}, which this booster does not target.")
