@@ -130,6 +130,8 @@ ABLATIONS = [
     # Boosting's case rests on many rounds; at 189 steps XGBLoRA merges 3 times. Does a longer budget close the gap?
     Ablation("xgb-3x-steps", "xgblora", {}, "3x the steps", steps_factor=3.0),
     Ablation("lora-3x-steps", "lora-qv", {}, "3x the steps", steps_factor=3.0),
+    # XGBLoRA adapts every linear layer of its blocks: its 3x run needs all-linear LoRA at 3x beside it.
+    Ablation("lora-all-3x-steps", "lora-all", {}, "3x the steps", steps_factor=3.0),
     # A rate picked on one seed's validation split can sit just below divergence and fail on other seeds.
     Ablation("lora-lr-down", "lora-qv", {}, "LR one rung lower", lr_steps=-1),
     Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
