@@ -167,9 +167,13 @@ RAN_AS = {"how": "one run at a time"}  # how this process trains: train times ar
 RAN_AS_FILE = "ran_as.txt"
 
 
+def gpu_name() -> str | None:
+    """The GPU that trains, if any: train times and peak memory on a GPU say nothing about the CPU and back."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
 def where() -> str:
-    """The device that trains: train times and peak memory on a GPU say nothing about the CPU and back."""
-    return f" on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f" on {gpu_name()}" if gpu_name() else ""
 
 
 def start_worker(threads: int, jobs: int) -> None:
@@ -511,8 +515,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     results = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-                   f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {gpu_name() or 'no GPU'}",
         "versions": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
                     f"peft {__import__('peft').__version__}",
         "date": datetime.date.today().isoformat(), "command": "python bench/quality.py " + " ".join(sys.argv[1:]),

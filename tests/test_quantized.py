@@ -39,7 +39,9 @@ def test_merges_leave_the_quantized_weights_untouched_and_keep_outputs(saved_lla
     booster = trained_on_four_bit(saved_llama, steps=1)  # knots at steps 2 and 4
     # bitsandbytes >= 0.50 repacks 4-bit weights for its CPU kernels at the first inference forward, once:
     # snapshot after that, so what is checked is that merges never touch them.
-    booster.model.eval(), logits(booster.model), booster.model.train()
+    booster.model.eval()
+    logits(booster.model)
+    booster.model.train()
     packed = {s.name: s.base_weight.detach().clone() for s in booster.slots}
     assert booster.side_paths and all(s.base_weight.dtype == torch.uint8 for s in booster.slots)
     opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from .booster import Booster
 
 STATE_FILE = "loraboost_state.safetensors"
-FORMAT = 1
+# 2: each module's shape is its (out, in), not its weight's storage shape (a Conv1D's is (in, out), and a
+# 4-bit weight's changes when bitsandbytes repacks it), so a format-1 state is refused with this message.
+FORMAT = 2
 
 
 def booster_state(booster: Booster) -> dict[str, Any]:
