@@ -6,6 +6,8 @@ import pytest
 import torch
 import transformers
 
+from loraboost.assets import default_model_dir
+
 VOCAB = 64
 
 
@@ -69,3 +71,36 @@ def base_weights(booster) -> dict[str, torch.Tensor]:
 @pytest.fixture(params=sorted(MODELS))
 def arch(request) -> str:
     return request.param
+
+
+# ---------------------------------------------------------------- the command line on a tiny model
+WORDS = {"good": ["great", "fine", "lovely", "superb"], "bad": ["awful", "dull", "poor", "weak"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 2-block Llama with SmolLM2's real tokenizer (so prompts and label words tokenize as in use)."""
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reviews_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    rows = ["text,label"] + [f"a {WORDS[label][i % 4]} film number {i},{label}"
+                             for i in range(40) for label in ("good", "bad")]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def train_args(model, data, out, *extra):
+    return ["train", "--model", str(model), "--data", str(data), "--output", str(out), "--train-size", "32",
+            "--test-size", "16", "--batch-size", "8", "--max-steps", "6", "--save-steps", "3",
+            "--learning-rate", "0.01", *extra]

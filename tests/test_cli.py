@@ -8,39 +8,8 @@ import torch
 import transformers
 from peft import PeftModel
 
-from loraboost.assets import default_model_dir
+from conftest import train_args
 from loraboost.cli import main
-
-WORDS = {"good": ["great", "fine", "lovely", "superb"], "bad": ["awful", "dull", "poor", "weak"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 2-block Llama with SmolLM2's real tokenizer (so prompts and label words tokenize as in use)."""
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def reviews_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    rows = ["text,label"] + [f"a {WORDS[label][i % 4]} film number {i},{label}"
-                             for i in range(40) for label in ("good", "bad")]
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def train_args(model, data, out, *extra):
-    return ["train", "--model", str(model), "--data", str(data), "--output", str(out), "--train-size", "32",
-            "--test-size", "16", "--batch-size", "8", "--max-steps", "6", "--save-steps", "3",
-            "--learning-rate", "0.01", *extra]
 
 
 def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys):

@@ -25,6 +25,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         raise FileExistsError(f"{target} is not empty; choose an empty folder or pass overwrite=True.")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); an output folder follows the umask
     try:
         yield staging
         if target.exists():
@@ -46,8 +47,16 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
     os.close(fd)
     staging = Path(name)
+    staging.chmod(0o666 & ~_umask())  # mkstemp makes it private (0600); an output file follows the umask
     try:
         yield staging
         os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

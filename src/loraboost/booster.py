@@ -19,6 +19,7 @@ from .ledger import Ledger
 from .merge import LowRankSidePath, add_delta_, as_local_layout, is_quantized, lora_delta, needs_residual
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
+from .sketch import GradientSketcher
 from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, refuse_partitioned_parameters, resolve_targets
 
 ADAPTER = "default"
@@ -93,6 +94,10 @@ class Booster:
         else:
             layer_of = layer_keys_of(model, targets, cfg.layers_pattern)
         layer_keys = tuple(dict.fromkeys(layer_of.values()))
+        # Everything that can be refused is checked before the model is wrapped: a failed construction
+        # must leave the caller's model as it was, so a retry with a good config works.
+        plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
+                         cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
 
         lora_config = LoraConfig(
             r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
@@ -100,6 +105,15 @@ class Booster:
             modules_to_save=cfg.modules_to_save, bias="none", init_lora_weights=True,
         )
         self.model: PeftModel = get_peft_model(model, lora_config, adapter_name=ADAPTER)
+        try:
+            self._attach(targets, layer_of, plan)
+        except BaseException:
+            self.model.unload()  # takes the LoRA layers out again
+            raise
+
+    def _attach(self, targets: list[str], layer_of: dict[str, str], plan: RoundPlan) -> None:
+        """The slots, ledger, plan and first round on the freshly wrapped model."""
+        cfg = self.config
         base = self.model.get_base_model()
         self.slots: tuple[Slot, ...] = tuple(
             Slot(name, layer_of[name], lora)
@@ -108,8 +122,7 @@ class Booster:
         self._freeze_factors()
 
         self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots})
-        self.plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
-                              cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
+        self.plan = plan
         # Residuals of merged weights (see merge.add_delta_), made at a module's first merge.
         self.residuals: dict[str, torch.Tensor] = {}
         # Quantized base layers are never written to: their merged rounds run beside them.
@@ -118,8 +131,16 @@ class Booster:
         }
         self.global_step = 0  # optimizer steps taken so far; the live round follows from it
         self._checked_optimizer: weakref.ref | None = None
+        # Blocks picked by the gradient (layer_selection="gradient"), by round; other rounds use the plan's draw.
+        self.chosen_layers: dict[int, tuple[str, ...]] = {}
+        self.sketcher: GradientSketcher | None = None
+        if "gradient" in (cfg.round_init, cfg.layer_selection):
+            embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+            self.sketcher = GradientSketcher(((s.name, s.lora.get_base_layer()) for s in self.slots),
+                                             {s.name: s.shape for s in self.slots}, embeddings, cfg.rank)
         self._initialise(self.slots, round_index=0)
-        self._activate(self.plan.layers(0))
+        self._activate(self.layers_of(0))
+        self._arm_sketcher()
         if cfg.norm_penalty > 0:
             self.model.register_forward_hook(self._add_penalty_to_loss)
 
@@ -140,8 +161,12 @@ class Booster:
         return self._slots_of(self.round)
 
     def _slots_of(self, round_index: int) -> tuple[Slot, ...]:
-        layers = set(self.plan.layers(round_index))
+        layers = set(self.layers_of(round_index))
         return tuple(s for s in self.slots if s.layer in layers)
+
+    def layers_of(self, round_index: int) -> tuple[str, ...]:
+        """The blocks ``round_index`` uses: chosen by the gradient when it was, else the plan's seeded draw."""
+        return self.chosen_layers.get(round_index) or self.plan.layers(round_index)
 
     @property
     def scaling(self) -> float:
@@ -166,10 +191,13 @@ class Booster:
         live = self.round
         self.global_step += 1
         end = self.plan.round_end(live)
-        if end is None or self.global_step < end:
-            return False
-        self._change_round(optimizer, finished_round=live)
-        return True
+        ended = end is not None and self.global_step >= end
+        if ended:
+            self._change_round(optimizer, finished_round=live)
+        elif self.global_step == 1 and self.config.round_init == "gradient":
+            self._restart_from_gradient(optimizer)
+        self._arm_sketcher()
+        return ended
 
     def penalty(self) -> torch.Tensor:
         """lambda * sum of ||A||^2 + ||B||^2 over the live booster's trainable factors."""
@@ -244,7 +272,87 @@ class Booster:
         self._initialise(finished, finished_round + 1)
         reset_optimizer_state(optimizer, [p for s in finished for p in (s.A, s.B)],
                               self.config.optimizer_reset, self.config.prune_ratio)
-        self._activate(self.plan.layers(finished_round + 1))
+        if self.sketcher is not None:
+            tops = self._read_sketch()
+            if self.config.layer_selection == "gradient":
+                self.chosen_layers[finished_round + 1] = self._select_layers(tops, finished_round + 1)
+            if self.config.round_init == "gradient":
+                starting = self._slots_of(finished_round + 1)
+                self._initialise_from_gradient(starting, tops)
+                # Idle slots that start now carry state from their last round; their factors are new.
+                reset_optimizer_state(optimizer, [p for s in starting if s not in finished for p in (s.A, s.B)],
+                                      self.config.optimizer_reset, self.config.prune_ratio)
+        self._activate(self.layers_of(finished_round + 1))
+
+    # ------------------------------------------------------------------ gradient-boosted rounds
+    def _sketch_window(self) -> bool:
+        """Whether the next optimizer step's gradient is sketched: round 0's first step (when boosters start
+        from the gradient) and the last ``sketch_steps`` steps of every round that is followed by another."""
+        if self.config.round_init == "gradient" and self.global_step == 0:
+            return True
+        end = self.plan.round_end(self.round) if self.plan.total_steps is not None or \
+            self.plan.steps_per_round is not None else None
+        return end is not None and end - self.config.sketch_steps <= self.global_step < end
+
+    def _sketched_names(self) -> list[str]:
+        """Every module when the gradient picks the next blocks; else those of the round the sketch starts."""
+        if self.config.layer_selection == "gradient":
+            return [s.name for s in self.slots]
+        starting = self.round if self.global_step == 0 else self.round + 1
+        return [s.name for s in self._slots_of(starting)]
+
+    def _arm_sketcher(self) -> None:
+        if self.sketcher is None:
+            return
+        if self._sketch_window():
+            if not self.sketcher.armed:
+                self.sketcher.start(self.config.seed, self.round, self._sketched_names())
+        elif self.sketcher.armed:
+            self.sketcher.stop()
+
+    def _read_sketch(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each sketched module's top singular values and right singular vectors (summed over ranks)."""
+        self.sketcher.stop()
+        self.sketcher.all_reduce()
+        return {name: sk.top(self.config.rank) for name, sk in self.sketcher.sketches.items() if sk.batches}
+
+    @torch.no_grad()
+    def _restart_from_gradient(self, optimizer: torch.optim.Optimizer) -> None:
+        """Round 0 has no earlier round to sketch: its first step is sketched, and its boosters restart from it
+        (that step's tiny update is dropped with its optimizer state)."""
+        live = self.live_slots
+        self._initialise(live, 0)
+        self._initialise_from_gradient(live, self._read_sketch())
+        reset_optimizer_state(optimizer, [p for s in live for p in (s.A, s.B)], "reset")
+
+    @torch.no_grad()
+    def _initialise_from_gradient(self, slots: tuple[Slot, ...],
+                                  tops: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """A along the gradient's top right singular vectors, each row with the norm of a random A row
+        (kaiming-uniform's: sqrt(1/3)), and B = 0; a module that got no gradient keeps its random start."""
+        for slot in slots:
+            if slot.name not in tops:
+                continue
+            _, directions = tops[slot.name]
+            A = torch.zeros(slot.A.shape, dtype=torch.float32)
+            A[: directions.shape[0]] = directions.cpu() / math.sqrt(3.0)
+            slot.A.copy_(as_local_layout(A, slot.A))
+            slot.B.zero_()
+
+    def _select_layers(self, tops: dict[str, tuple[torch.Tensor, torch.Tensor]], round_index: int) -> tuple[str, ...]:
+        """The next round's blocks, drawn without replacement in proportion to each block's summed top singular
+        value: blocks with a large Frank-Wolfe gap are likely, and none is starved (every gap is > 0)."""
+        keys = self.plan.layer_keys
+        gaps = torch.zeros(len(keys), dtype=torch.float64)
+        index = {key: i for i, key in enumerate(keys)}
+        for slot in self.slots:
+            if slot.name in tops:
+                gaps[index[slot.layer]] += float(tops[slot.name][0][0])
+        if not bool((gaps > 0).sum() >= self.plan.layers_per_round):
+            return self.plan.layers(round_index)  # too little gradient seen to choose: the plan's draw
+        generator = round_generator(self.config.seed, round_index, "select")
+        chosen = torch.multinomial(gaps, self.plan.layers_per_round, replacement=False, generator=generator)
+        return tuple(keys[i] for i in sorted(chosen.tolist()))
 
     @torch.no_grad()
     def _apply_merge(self, slot: Slot, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:

@@ -37,8 +37,16 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     for slot in booster.slots:
         tensors[f"live.{slot.name}.A"] = full_tensor(slot.A.detach()).cpu().clone()
         tensors[f"live.{slot.name}.B"] = full_tensor(slot.B.detach()).cpu().clone()
+    sketch_batches = {}
+    if booster.sketcher is not None and booster.sketcher.armed:  # a checkpoint inside a sketched step window
+        for name, sketch in booster.sketcher.sketches.items():
+            tensors[f"sketch.{name}.Y"] = sketch.Y.detach().cpu().clone()
+            tensors[f"sketch.{name}.Z"] = sketch.Z.detach().cpu().clone()
+            sketch_batches[name] = sketch.batches
     meta = {
         "format": FORMAT,
+        "chosen_layers": {str(r): list(layers) for r, layers in booster.chosen_layers.items()},
+        "sketch_batches": sketch_batches,
         "config": booster.config.to_dict(),
         "model_class": type(booster.model.get_base_model()).__name__,
         "modules": {s.name: list(s.shape) for s in booster.slots},
@@ -69,8 +77,18 @@ def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
     if meta["total_steps"] is not None:
         booster.set_total_steps(meta["total_steps"])
     booster.global_step = meta["global_step"]
+    booster.chosen_layers = {int(r): tuple(layers) for r, layers in meta.get("chosen_layers", {}).items()}
+    if booster.sketcher is not None:
+        # The test matrices follow from (seed, round); what the window folded in so far comes from the state.
+        booster.sketcher.stop()
+        booster._arm_sketcher()
+        for name, batches in meta.get("sketch_batches", {}).items():
+            sketch = booster.sketcher.sketches[name]
+            sketch.Y.copy_(tensors[f"sketch.{name}.Y"])
+            sketch.Z.copy_(tensors[f"sketch.{name}.Z"])
+            sketch.batches = batches
     booster._freeze_factors()
-    booster._activate(booster.plan.layers(booster.round))
+    booster._activate(booster.layers_of(booster.round))
 
 
 def save_state_file(booster: Booster, path: str | Path) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from .config import PRESETS, BoostConfig
-from .run import RunOptions, load_run, prepare, train
+from .export import check_adapter_file
+from .run import STATE, RunOptions, load_run, prepare, train
 
 USAGE_ERROR = 2
 HELP = {
@@ -66,10 +67,7 @@ def _resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
     """YAML first, then the flags given on the command line: the run options and the BoostConfig values."""
     values: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ValueError(f"config file {args.config!r} does not exist.")
-        values.update(yaml.safe_load(path.read_text()) or {})
+        values.update(read_config(args.config))
     skip = ("command", "config", "methods", "seeds", "no_base", "run", "metrics_file")
     values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
     run_names = {f.name for f in dataclasses.fields(RunOptions)}
@@ -84,6 +82,29 @@ def _resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
     boost = {k: v for k, v in values.items() if k in boost_names}
     boost["seed"] = options.seed
     return options, boost
+
+
+def read_config(name: str) -> dict[str, Any]:
+    """A YAML file of options: a mapping of option names to values (an empty file is no options)."""
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"config file {name!r} does not exist.")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"config file {name!r} is not valid YAML ({problem}{where}); write one 'option: value' "
+                         "per line.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {name!r} is not UTF-8 text; save it as UTF-8.") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ValueError(f"config file {name!r} holds a YAML {type(content).__name__}, not a mapping of options; "
+                         "write one 'option: value' per line.")
+    return content
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,8 +180,17 @@ def main(argv: list[str] | None = None) -> int:
             compare(options, configs, [int(s) for s in seeds], options.output, include_base=not args.no_base)
         elif args.command == "eval":
             if args.run:
-                _, _, booster, _, task, splits = load_run(args.run)
-                model, target = booster.model, Path(args.metrics_file or Path(args.run) / "eval.json")
+                run = Path(args.run)
+                # Scored from the booster state; the adapter beside it is what users take away, so it is checked too.
+                if (run / "adapter").is_dir():
+                    try:
+                        check_adapter_file(run / "adapter")
+                    except ValueError as problem:
+                        raise ValueError(f"{problem}; rebuild it from the booster state with: loraboost export {run} "
+                                         f"{run / 'adapter'} --overwrite.") from None
+                _, _, booster, _, task, splits = load_run(run)
+                print(f"loraboost eval: scoring {run} from {run / STATE}", file=sys.stderr)
+                model, target = booster.model, Path(args.metrics_file or run / "eval.json")
             else:
                 options, boost = _resolve(args)
                 model, _, task, splits = prepare(options, BoostConfig(**boost))
@@ -172,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             if args.rank is not None and args.to == "merged":
                 raise ValueError("--rank applies to --to adapter only; a merged model is always exact.")
+            target = Path(args.output)
+            if target.is_dir() and any(target.iterdir()) and not args.overwrite:
+                raise ValueError(f"export folder {args.output!r} is not empty; choose an empty folder or pass --overwrite.")
+            if target.exists() and not target.is_dir():
+                raise ValueError(f"export path {args.output!r} is a file; choose a folder path.")
             _, _, booster, tokenizer, _, _ = load_run(args.run)
             if args.to == "adapter":
                 booster.save_adapter(args.output, rank=args.rank, overwrite=args.overwrite)

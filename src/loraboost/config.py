@@ -46,6 +46,8 @@ LR_SCHEDULES = ("global", "per_round")
 FROZEN_FACTORS = ("none", "A", "B")
 MERGE_RESIDUALS = ("auto", "always", "never")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
+ROUND_INITS = ("random", "gradient")
+LAYER_SELECTIONS = ("random", "gradient")
 
 
 @dataclass
@@ -88,6 +90,15 @@ class BoostConfig:
         round_warmup_steps: per-round warm-up, in steps (int) or as a fraction of a round in [0, 1).
         frozen_factor: ``none``; ``A`` keeps a fresh random A frozen and trains B from zero
             (RAC-LoRA); ``B`` keeps a random B frozen and trains A from zero.
+        round_init: how a new booster starts: ``random`` (the papers': PEFT's random A, B = 0) or
+            ``gradient`` (A along the top-``rank`` right singular vectors of the loss gradient with respect
+            to the merged weight, B = 0: the output is unchanged and B's first gradient is the steepest
+            rank-r direction). The gradient is sketched from the last ``sketch_steps`` steps of the previous
+            round; round 0 sketches its first step and restarts from it. See loraboost.sketch.
+        layer_selection: which blocks the next round uses: ``random`` (the plan's seeded draw) or
+            ``gradient`` (drawn without replacement in proportion to each block's summed top singular
+            value of the gradient, its Frank-Wolfe gap; round 0 is the plan's draw).
+        sketch_steps: optimizer steps at the end of each round whose gradient is sketched (``gradient`` only).
         seed: seeds the plan (which layers a round uses) and every booster initialisation, so that
             all data-parallel ranks draw the same.
     """
@@ -111,6 +122,9 @@ class BoostConfig:
     lr_schedule: str = FROM_PRESET
     round_warmup_steps: int | float = FROM_PRESET
     frozen_factor: str = FROM_PRESET
+    round_init: str = "random"
+    layer_selection: str = "random"
+    sketch_steps: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -181,6 +195,12 @@ class BoostConfig:
                 f"round_warmup_steps={w!r} is not valid; use a step count >= 0 or a fraction of a round in [0, 1)."
             )
         _check_choice(self.frozen_factor, "frozen_factor", FROZEN_FACTORS)
+        _check_choice(self.round_init, "round_init", ROUND_INITS)
+        _check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
+        _check_int(self.sketch_steps, "sketch_steps", minimum=1)
+        if self.round_init == "gradient" and self.frozen_factor != "none":
+            raise ValueError(f"round_init='gradient' sets A from the gradient, but frozen_factor={self.frozen_factor!r} "
+                             "keeps a random factor frozen; use round_init='random' with a frozen factor.")
         _check_int(self.seed, "seed", minimum=0)
 
     # ------------------------------------------------------------------ derived values

@@ -3,11 +3,13 @@ checked with one-sentence errors, and sampled COLA-style (seeded fixed-size spli
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from datasets import Dataset, load_dataset
+from datasets.exceptions import DatasetsError
 
 from .assets import MOVIE_REVIEWS, TREC_QUESTIONS, data_file
 
@@ -26,10 +28,26 @@ def load_data(source: str) -> Dataset:
         kind = FILE_FORMATS.get(path.suffix.lower())
         if kind is None:
             raise ValueError(f"data file {source!r} has an unknown type; use .csv, .tsv, .json, .jsonl or .parquet.")
+        if path.stat().st_size == 0:
+            raise ValueError(f"data file {source!r} is empty (0 bytes); pass a file with a header and rows.")
         if kind != "parquet":
             _check_utf8(path)
+        if kind == "json":
+            _check_json_lines(path)
         options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return load_dataset(kind, data_files=str(path), split="train", **options)
+        try:
+            data = load_dataset(kind, data_files=str(path), split="train", **options)
+        except ValueError as error:
+            if "corresponds to no data" not in str(error):
+                raise
+            data = None  # datasets' word for a file with a header and no rows
+        except DatasetsError as error:
+            cause = error.__cause__ or error.__context__ or error
+            raise ValueError(f"data file {source!r} could not be read as {kind} ({type(cause).__name__}: "
+                             f"{_first_line(cause)}); check its format.") from None
+        if data is None or len(data) == 0:
+            raise ValueError(f"data file {source!r} has no rows (a header at most); pass a file with examples.")
+        return data
     try:
         return load_dataset(source, split="train")
     except Exception as error:  # the hub is unreachable offline, or the name is wrong
@@ -40,10 +58,42 @@ def load_data(source: str) -> Dataset:
 
 
 def require_columns(data: Dataset, columns: dict[str, str]) -> None:
-    """Raise naming the first missing column (by its role, e.g. ``text_column``) and the columns found."""
+    """Raise naming the first missing column (by its role, e.g. ``text_column``) and the columns found, or
+    the first column with empty cells (a CSV's blank field reads as None)."""
     for role, column in columns.items():
         if column not in data.column_names:
             raise ValueError(f"{role}={column!r} is not a column of the data; its columns are {data.column_names}.")
+    for role, column in columns.items():
+        empty = [i for i, value in enumerate(data[column]) if value is None]
+        if empty:
+            raise ValueError(f"{role}={column!r} is empty in {len(empty)} row(s) (the first is data row {empty[0] + 1}); "
+                             "fill those cells or drop the rows.")
+
+
+def _check_json_lines(path: Path) -> None:
+    """A JSON lines file: name the first line that is not a JSON object (datasets' own error names none).
+    A file that is one JSON document (an array of rows) is left to datasets."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+        return
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"data file {str(path)!r} line {number} is not valid JSON ({error.msg} at column "
+                             f"{error.colno}); each line must be one JSON object.") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"data file {str(path)!r} line {number} is a JSON {type(row).__name__}, not an object "
+                             "of column names to values; each line must be one JSON object.")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0].rstrip(".")[:200]
 
 
 def _check_utf8(path: Path) -> None:

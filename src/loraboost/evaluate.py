@@ -27,6 +27,12 @@ class LabelWordTask:
         for word, tokens in zip(self.label_words, ids):
             if len(tokens) != 1:
                 raise ValueError(f"label word {word!r} is {len(tokens)} tokens for this tokenizer; use one-token words.")
+        first_word_of: dict[int, str] = {}
+        for word, (token,) in zip(self.label_words, ids):
+            if token in first_word_of:  # two classes would score the same logit: one of them could never win
+                raise ValueError(f"label words {first_word_of[token]!r} and {word!r} are the same token ({token}) for "
+                                 "this tokenizer, so their classes cannot be told apart; use a different word per class.")
+            first_word_of[token] = word
         return [t[0] for t in ids]
 
     def batches(self, tokenizer, data: Dataset, batch_size: int, shuffle_seed: int | None = None

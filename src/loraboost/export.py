@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_folder
@@ -104,6 +105,23 @@ def save_adapter(booster: Booster, path: str | Path, rank: int | None = None, ov
         save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
         (staging / "loraboost.json").write_text(json.dumps(record, indent=1))
     return Path(path)
+
+
+def check_adapter_file(folder: str | Path) -> None:
+    """Read every tensor of an exported adapter folder: a missing, truncated or corrupt file is a ValueError."""
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file() or not (Path(folder) / "adapter_config.json").is_file():
+        raise ValueError(f"the adapter {str(folder)!r} lacks adapter_model.safetensors or adapter_config.json")
+    try:
+        with safe_open(path, "pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"the adapter file {str(path)!r} is corrupt or truncated ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0].rstrip(".")[:160]
 
 
 def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import transformers
 from torch import nn
 
 from .assets import default_model_dir, minilm_dir
-from .atomic import atomic_folder
+from .atomic import atomic_file, atomic_folder
 from .booster import Booster
 from .checkpoint import extra_trainables
 from .config import BoostConfig
@@ -28,8 +28,10 @@ from .data import EMBEDDED, load_data, require_columns, sample_splits
 from .evaluate import (LabelWordTask, ResponseTask, answer_logits, label_word_accuracy, response_loss,
                        to_model_device)
 from .hf import BoostCallback
+from .run_folder import (FINISHED, METRICS, RUN_FILE, MarkCheckpointComplete, check_output, check_same_settings,
+                         checkpoint_step, is_run, newest_complete_checkpoint, staging_folder, swap_in, trim_metrics,
+                         write_run_file)
 
-FINISHED = "summary.json"  # written last: a folder without it is not a finished run
 STATE = "booster_state.safetensors"
 FULL_MODEL = "model"  # where a full fine-tuning run saves its model
 TASKS = ("classify", "sft")
@@ -77,12 +79,11 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is not valid; use an integer >= 1.")
+        steps = self.max_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps != -1 and steps < 1:
+            raise ValueError(f"max_steps={steps!r} is not valid; use a step count >= 1, or -1 to train for --epochs.")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"learning_rate={self.learning_rate!r} is not valid; use a positive number.")
-
-
-def is_run(folder: Path) -> bool:
-    return (folder / "run.json").exists() or (folder / FINISHED).exists()
 
 
 def model_folder(name: str) -> Path:
@@ -94,6 +95,9 @@ def model_folder(name: str) -> Path:
             f"model {name!r} is not a local folder, and no model hub is reachable offline; pass a folder "
             "saved with save_pretrained, or one of the embedded models 'default' (SmolLM2-135M-Instruct) or 'minilm'."
         )
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"model folder {name!r} has no config.json, so it holds no transformers model; pass a "
+                         "folder saved with save_pretrained (config.json, weights and tokenizer files).")
     return folder
 
 
@@ -218,11 +222,14 @@ class _MetricsLog(transformers.TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": state.global_step, "round": _round(self.booster), **logs}) + "\n")
+                f.write(json.dumps({"step": state.global_step, "round": _round_of_step(self.booster, state.global_step),
+                                    **logs}) + "\n")
 
 
-def _round(booster: Booster | None) -> int:
-    return booster.round if booster is not None else 0  # full fine-tuning has one round
+def _round_of_step(booster: Booster | None, step: int) -> int:
+    """The round that trained optimizer step ``step`` (1-based): after a round's last step the booster has
+    already moved on to the next round, but that step belongs to the one it ended."""
+    return booster.plan.round_at(max(step - 1, 0)) if booster is not None else 0  # full fine-tuning: one round
 
 
 class _StopOnInterrupt(transformers.TrainerCallback):
@@ -270,7 +277,7 @@ class _Progress(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             loss = f"{sum(self.losses) / len(self.losses):.3f}" if self.losses else "-"
-            self.bar.set_postfix(loss=loss, round=_round(self.booster))
+            self.bar.set_postfix(loss=loss, round=_round_of_step(self.booster, state.global_step))
             self.bar.update(state.global_step - self.bar.n)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -356,37 +363,51 @@ def prepare(options: RunOptions, boost: BoostConfig):
 
 
 def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
-    """Run a fine-tune into ``options.output``; returns the summary (also saved as summary.json)."""
+    """Run a fine-tune into ``options.output``; returns the summary (also saved as summary.json).
+
+    Everything is checked before the first file is written (a bad input leaves no folder); ``--resume``
+    continues from the newest complete checkpoint with the run's own settings; ``--overwrite`` trains the new
+    run beside the old one and swaps it in only once it is finished, so a failure never loses the old run.
+    """
     out = Path(options.output)
-    if out.exists() and any(out.iterdir()) and not (options.overwrite or options.resume):
-        what = "a run" if is_run(out) else "files"
-        raise ValueError(f"output folder {str(out)!r} already holds {what}; pass --overwrite to replace it or "
-                         "--resume to continue it.")
-    if options.resume and not is_run(out):
-        raise ValueError(f"--resume needs a run in {str(out)!r}, but there is none; drop --resume to start one.")
+    check_output(out, options.overwrite, options.resume)
     model, tokenizer, task, splits = prepare(options, boost)
-    if options.overwrite and out.exists() and not options.resume:
-        shutil.rmtree(out)
     if task.head and boost.modules_to_save is None:
         # The new classification head trains in every round and is saved with the adapter.
         boost = dataclasses.replace(boost, modules_to_save=[head_module_name(model)])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({"options": asdict(options), "boost": boost.to_dict()}, indent=1))
-
+    staging = staging_folder(out)
+    replacing = options.overwrite and out.exists() and any(out.iterdir())
+    resuming_staged = options.resume and options.overwrite and is_run(staging)
+    work = staging if (replacing and not options.resume) or resuming_staged else out
+    if options.resume:
+        check_same_settings(work, asdict(options), boost.to_dict())
     # Full fine-tuning (a baseline) trains every weight of the model itself: no booster, no rounds.
+    # A Booster checks its targets and layer counts on the model, before any file is written.
     booster = None if options.full_finetune else Booster(model, boost)
     method = "full" if booster is None else boost.method
+
+    checkpoint = None
+    if options.resume:
+        checkpoint = newest_complete_checkpoint(work)
+        trim_metrics(work, checkpoint_step(checkpoint) if checkpoint else 0)
+    else:
+        if work == staging and staging.exists():
+            shutil.rmtree(staging)  # left by an overwrite that was killed; --resume --overwrite would continue it
+        work.mkdir(parents=True, exist_ok=True)
+        write_run_file(work, {"options": asdict(options), "boost": boost.to_dict()})
+
     args = transformers.TrainingArguments(
-        output_dir=str(out), max_steps=options.max_steps, num_train_epochs=options.epochs,
+        output_dir=str(work), max_steps=options.max_steps, num_train_epochs=options.epochs,
         per_device_train_batch_size=options.batch_size, gradient_accumulation_steps=options.gradient_accumulation,
         learning_rate=options.learning_rate, lr_scheduler_type=options.lr_scheduler, warmup_steps=options.warmup_ratio,
         weight_decay=0.0, save_strategy="steps", save_steps=options.save_steps, logging_steps=1, seed=options.seed,
         data_seed=options.seed, report_to=options.report_to, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
     )
     interrupt, optimizer_peak = _StopOnInterrupt(), _OptimizerStatePeak()
-    callbacks = [_MetricsLog(out / "metrics.jsonl", booster), interrupt, optimizer_peak]
+    callbacks = [_MetricsLog(work / METRICS, booster), interrupt, optimizer_peak]
     if booster is not None:
         callbacks.insert(0, BoostCallback(booster))
+    callbacks.append(MarkCheckpointComplete())  # last: after the booster state is saved
     trainer = _TaskTrainer(model=model if booster is None else booster.model, args=args, train_dataset=splits["train"],
                            data_collator=task.collate, callbacks=callbacks, task=task, booster=booster)
     # Every step is logged to metrics.jsonl; the console gets one bar instead of a printed dict per step.
@@ -395,19 +416,22 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     trainer.add_callback(_Progress(booster, f"{method} seed {options.seed}"))
     start = time.perf_counter()
     with PeakMemory() as memory:
-        trainer.train(resume_from_checkpoint=True if options.resume and _has_checkpoint(out) else None)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if interrupt.interrupted:
-        raise KeyboardInterrupt(f"stopped at step {trainer.state.global_step}; continue with --resume --output {out}")
+        where = f"continue with --resume --output {out}"
+        if work == staging:
+            where = f"the old run in {out} is untouched; continue the new one with --resume --overwrite --output {out}"
+        raise KeyboardInterrupt(f"stopped at step {trainer.state.global_step}; {where}")
     seconds = time.perf_counter() - start
     if booster is None:
         trained = model
-        _save_model(model, tokenizer, out / FULL_MODEL)
+        _save_model(model, tokenizer, work / FULL_MODEL)
         trainable = live = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rounds = 0
     else:
         trained = booster.model
-        booster.save_state(out / STATE)
-        booster.save_adapter(out / "adapter", overwrite=True)
+        booster.save_state(work / STATE)
+        booster.save_adapter(work / "adapter", overwrite=True)
         trainable = sum(p.numel() for p in booster.parameters())
         live = (sum(p.numel() for s in booster.live_slots for p in (s.A, s.B) if p.requires_grad)
                 + sum(p.numel() for _, p in extra_trainables(booster)))  # e.g. a classifier head
@@ -422,7 +446,10 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     }
     if memory.gpu_peak is not None:
         summary["peak_gpu_memory_bytes"] = memory.gpu_peak
-    (out / FINISHED).write_text(json.dumps(summary, indent=1))
+    with atomic_file(work / FINISHED) as finished:
+        finished.write_text(json.dumps(summary, indent=1))
+    if work == staging:
+        swap_in(staging, out)
     return summary
 
 
@@ -431,7 +458,7 @@ def load_run(folder: str | Path) -> tuple[RunOptions, BoostConfig, Booster, Any,
     folder = Path(folder)
     if not (folder / FINISHED).exists():
         raise ValueError(f"{str(folder)!r} is not a finished loraboost run (no {FINISHED}); train one with loraboost train.")
-    saved = json.loads((folder / "run.json").read_text())
+    saved = json.loads((folder / RUN_FILE).read_text())
     options, boost = RunOptions(**saved["options"]), BoostConfig.from_dict(saved["boost"])
     if options.full_finetune:
         raise ValueError(f"{str(folder)!r} is a full fine-tuning run, which has no booster; its model is the plain "
@@ -472,6 +499,3 @@ def _save_model(model: nn.Module, tokenizer, folder: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
 
-
-def _has_checkpoint(folder: Path) -> bool:
-    return any(p.name.startswith("checkpoint-") for p in folder.iterdir())

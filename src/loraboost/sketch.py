@@ -1,0 +1,127 @@
+"""The loss gradient with respect to each target module's merged weight, sketched while training runs: where a
+new round's booster starts (its top singular directions) and which blocks it goes to (their top singular value).
+
+For a linear layer y = W x the weight's gradient is G = sum over tokens of delta x^T (delta the gradient at
+the output). It is never formed: hooks on the base layers fold every captured micro-batch into two small
+random sketches, Y = G Omega (out x k) and Z = Psi G (l x in), from which a single-pass randomized SVD
+(Tropp, Yurtsever, Udell and Cevher 2017) recovers G's top singular pairs; exact when G has rank <= k.
+Memory: k * out + l * in numbers per module, and each captured layer input until its backward has run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .plan import round_generator
+
+
+@dataclass
+class ModuleSketch:
+    """One module's two sketches and the random test matrices they are taken with."""
+
+    omega: torch.Tensor  # (in, k)
+    psi: torch.Tensor  # (l, out)
+    Y: torch.Tensor  # (out, k) = G @ omega
+    Z: torch.Tensor  # (l, in) = psi @ G
+    batches: int = 0  # micro-batches folded in so far
+
+    def fold(self, x: torch.Tensor, delta: torch.Tensor) -> None:
+        """Add one micro-batch: x (tokens, in) the layer's input, delta (tokens, out) its output gradient."""
+        x, delta = x.float(), delta.float()
+        self.Y += (delta.T @ (x @ self.omega.to(x.device))).to(self.Y.device)
+        self.Z += ((delta @ self.psi.T.to(delta.device)).T @ x).to(self.Z.device)
+        self.batches += 1
+
+    def top(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """G's top ``rank`` singular values (descending) and right singular vectors as rows (rank, in)."""
+        Q, _ = torch.linalg.qr(self.Y.double())  # (out, k): a basis for G's range
+        # G ~ Q X with X = (Psi Q)^+ Z, solved in the least-squares sense.
+        X = torch.linalg.lstsq(self.psi.double().to(Q.device) @ Q, self.Z.double()).solution  # (k, in)
+        _, s, vh = torch.linalg.svd(X, full_matrices=False)
+        return s[:rank].float(), vh[:rank].float()
+
+
+class GradientSketcher:
+    """Sketches the gradient of every given base layer while ``armed``; idle adapters stay idle.
+
+    Blocks below the lowest live booster get no backward pass in plain training (nothing there needs a
+    gradient), so while armed the input embeddings' output is made to require a gradient: the backward
+    then reaches every block, as it does in LoRA on every block, but computes no weight gradient.
+
+    Args:
+        layers: (name, base layer) of every target module; each layer's (out, in) from ``shapes``.
+        shapes: name -> (out, in).
+        embeddings: the model's input embeddings, or None when it has none (then only the blocks the
+            backward reaches anyway are sketched).
+        oversample: k = rank + oversample columns in Y; l = 2k + 1 rows in Z.
+    """
+
+    def __init__(self, layers: Iterable[tuple[str, nn.Module]], shapes: dict[str, tuple[int, int]],
+                 embeddings: nn.Module | None, rank: int, oversample: int = 4):
+        self.layers = dict(layers)
+        self.shapes = shapes
+        self.k = rank + oversample
+        self.l = 2 * self.k + 1
+        self.armed = False
+        self.sketches: dict[str, ModuleSketch] = {}
+        self._handles = [layer.register_forward_hook(self._capture(name)) for name, layer in self.layers.items()]
+        if embeddings is not None:
+            self._handles.append(embeddings.register_forward_hook(self._need_gradient))
+
+    def start(self, seed: int, round_index: int, names: Iterable[str]) -> None:
+        """Fresh, zero sketches of ``names`` with test matrices drawn from (seed, round): every rank draws the same."""
+        generator = round_generator(seed, round_index, "sketch")
+        self.sketches = {}
+        for name in names:
+            out_features, in_features = self.shapes[name]
+            omega = torch.randn(in_features, self.k, generator=generator)
+            psi = torch.randn(self.l, out_features, generator=generator)
+            device = _device_of(self.layers[name])
+            self.sketches[name] = ModuleSketch(omega.to(device), psi.to(device),
+                                               torch.zeros(out_features, self.k, device=device),
+                                               torch.zeros(self.l, in_features, device=device))
+        self.armed = True
+
+    def stop(self) -> None:
+        self.armed = False
+
+    def all_reduce(self) -> None:
+        """Sum the sketches over data-parallel ranks (small tensors, never a full gradient)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for sketch in self.sketches.values():
+            torch.distributed.all_reduce(sketch.Y)
+            torch.distributed.all_reduce(sketch.Z)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    # ------------------------------------------------------------------ hooks
+    def _need_gradient(self, module, args, output):
+        if self.armed and module.training and torch.is_grad_enabled() and torch.is_tensor(output) \
+                and output.is_floating_point() and not output.requires_grad:
+            return output.detach().requires_grad_(True)
+        return output
+
+    def _capture(self, name: str):
+        def hook(module, args, output):
+            if not (self.armed and module.training and torch.is_grad_enabled()):
+                return
+            sketch = self.sketches.get(name)
+            if sketch is None or not torch.is_tensor(output) or not output.requires_grad:
+                return
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            output.register_hook(lambda delta: sketch.fold(x, delta.detach().reshape(-1, delta.shape[-1])))
+
+        return hook
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
