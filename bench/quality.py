@@ -90,6 +90,15 @@ METHODS = {
                           dict(method="lora", rank=1, target_modules="all-linear"), lr_grid=XGB_GRID),
     "raclora": Method("RAC-LoRA 3 links r8 q/v", dict(method="raclora")),
     "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
+    # Gradient-boosted rounds (BoostConfig.round_init / layer_selection): each booster starts on the top
+    # singular direction of the loss gradient, and the blocks of a round are drawn by their gradient's gap.
+    "xgblora-grad": Method("XGBLoRA, gradient start and gradient blocks",
+                           dict(method="xgblora", round_init="gradient", layer_selection="gradient"), lr_grid=XGB_GRID),
+    "xgblora-gradinit": Method("XGBLoRA, gradient start only", dict(method="xgblora", round_init="gradient"),
+                               lr_grid=XGB_GRID),
+    "xgblora-gradsel": Method("XGBLoRA, gradient blocks only", dict(method="xgblora", layer_selection="gradient"),
+                              lr_grid=XGB_GRID),
+    "cola-grad": Method("COLA, links start on the gradient", dict(method="cola", round_init="gradient")),
 }
 
 class Ablation(NamedTuple):

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT
 
 MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpointing (gradient checkpointing with the settings that
-BoostCallback asks for).
+BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds (round_init and layer_selection
+"gradient"), whose sketches are summed over the ranks.
 """
 
 import os
@@ -23,6 +24,11 @@ from loraboost.merge import full_tensor
 
 STEPS, GLOBAL_BATCH = 10, 4
 CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
+GRADIENT = dict(CONFIG, round_init="gradient", layer_selection="gradient")
+
+
+def config(mode: str) -> BoostConfig:
+    return BoostConfig(**(GRADIENT if mode.endswith("-gradient") else CONFIG))
 
 
 def global_batches():
@@ -32,7 +38,7 @@ def global_batches():
 def outcome(booster):
     return {"weights": {s.name: full_tensor(s.base_weight.detach()).clone() for s in booster.slots},
             "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
-            "plan": [booster.plan.layers(r) for r in range(booster.round + 1)],
+            "plan": [booster.layers_of(r) for r in range(booster.round + 1)],
             "position": (booster.global_step, booster.round)}
 
 
@@ -57,7 +63,7 @@ def single_process(mode: str, out: Path):
     """The reference: one process on the whole global batches (the same samples per step as the ranks')."""
     if mode.startswith("trainer"):
         return outcome(trained_by_trainer(out, GLOBAL_BATCH, checkpointing=mode == "trainer-checkpointing"))
-    booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
+    booster = Booster(tiny_llama(seed=0), config(mode))
     opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
     for batch in global_batches():
         booster.model(**batch).loss.backward()
@@ -81,11 +87,11 @@ class Rows(torch.utils.data.Dataset):
 def main(mode: str, out: Path) -> None:
     # Different global seeds per rank: only the booster's own seeded generators may make them agree.
     torch.manual_seed(100 + int(os.environ["RANK"]))
-    if mode in ("loop", "fsdp"):
+    if not mode.startswith("trainer"):
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-        booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
-        if mode == "fsdp":  # FSDP2: every block and the root sharded; merges go into the shards
+        booster = Booster(tiny_llama(seed=0), config(mode))
+        if mode.startswith("fsdp"):  # FSDP2: every block and the root sharded; merges go into the shards
             for block in booster.model.get_base_model().model.layers:
                 fully_shard(block)
             model = fully_shard(booster.model)
