@@ -143,6 +143,8 @@ ABLATIONS = [
     Ablation("lora-all-3x-steps", "lora-all", {}, "3x the steps", steps_factor=3.0),
     # A rate picked on one seed's validation split can sit just below divergence and fail on other seeds.
     Ablation("lora-lr-down", "lora-qv", {}, "LR one rung lower", lr_steps=-1),
+    # Gradient-boosted rounds at kappa 10: does starting each round on the gradient stop frequent merges costing accuracy?
+    Ablation("xgbgrad-kappa10", "xgblora-grad", dict(steps_per_round=10), "kappa 10"),
     Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
     Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
 ]
