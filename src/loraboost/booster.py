@@ -290,8 +290,9 @@ class Booster:
         from the gradient) and the last ``sketch_steps`` steps of every round that is followed by another."""
         if self.config.round_init == "gradient" and self.global_step == 0:
             return True
-        end = self.plan.round_end(self.round) if self.plan.total_steps is not None or \
-            self.plan.steps_per_round is not None else None
+        if self.plan.steps_per_round is None and self.plan.total_steps is None:
+            return False  # COLA's knots are placed once the run's length is known (BoostCallback tells it)
+        end = self.plan.round_end(self.round)
         return end is not None and end - self.config.sketch_steps <= self.global_step < end
 
     def _sketched_names(self) -> list[str]:

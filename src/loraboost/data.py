@@ -12,6 +12,7 @@ from datasets import Dataset, load_dataset
 from datasets.exceptions import DatasetsError
 
 from .assets import MOVIE_REVIEWS, TREC_QUESTIONS, data_file
+from .errors import first_line
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -32,8 +33,6 @@ def load_data(source: str) -> Dataset:
             raise ValueError(f"data file {source!r} is empty (0 bytes); pass a file with a header and rows.")
         if kind != "parquet":
             _check_utf8(path)
-        if kind == "json":
-            _check_json_lines(path)
         options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
         try:
             data = load_dataset(kind, data_files=str(path), split="train", **options)
@@ -42,9 +41,11 @@ def load_data(source: str) -> Dataset:
                 raise
             data = None  # datasets' word for a file with a header and no rows
         except DatasetsError as error:
+            if kind == "json":
+                _name_bad_json_line(path)  # datasets' own error names no line
             cause = error.__cause__ or error.__context__ or error
             raise ValueError(f"data file {source!r} could not be read as {kind} ({type(cause).__name__}: "
-                             f"{_first_line(cause)}); check its format.") from None
+                             f"{first_line(cause)}); check its format.") from None
         if data is None or len(data) == 0:
             raise ValueError(f"data file {source!r} has no rows (a header at most); pass a file with examples.")
         return data
@@ -70,9 +71,9 @@ def require_columns(data: Dataset, columns: dict[str, str]) -> None:
                              "fill those cells or drop the rows.")
 
 
-def _check_json_lines(path: Path) -> None:
-    """A JSON lines file: name the first line that is not a JSON object (datasets' own error names none).
-    A file that is one JSON document (an array of rows) is left to datasets."""
+def _name_bad_json_line(path: Path) -> None:
+    """Raise naming the first line of a JSON lines file that is not a JSON object; return if there is none
+    (a file that is one JSON document, an array of rows, is not JSON lines)."""
     text = path.read_text(encoding="utf-8")
     try:
         json.loads(text)
@@ -90,10 +91,6 @@ def _check_json_lines(path: Path) -> None:
         if not isinstance(row, dict):
             raise ValueError(f"data file {str(path)!r} line {number} is a JSON {type(row).__name__}, not an object "
                              "of column names to values; each line must be one JSON object.")
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0].rstrip(".")[:200]
 
 
 def _check_utf8(path: Path) -> None:

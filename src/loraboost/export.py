@@ -14,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_folder
+from .errors import first_line
 from .merge import full_tensor, lora_delta
 
 if TYPE_CHECKING:
@@ -117,11 +118,7 @@ def check_adapter_file(folder: str | Path) -> None:
             for key in f.keys():
                 f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"the adapter file {str(path)!r} is corrupt or truncated ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0].rstrip(".")[:160]
+        raise ValueError(f"the adapter file {str(path)!r} is corrupt or truncated ({first_line(error)})") from None
 
 
 def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:

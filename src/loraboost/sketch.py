@@ -64,16 +64,19 @@ class GradientSketcher:
                  embeddings: nn.Module | None, rank: int, oversample: int = 4):
         self.layers = dict(layers)
         self.shapes = shapes
+        self.embeddings = embeddings
         self.k = rank + oversample
         self.l = 2 * self.k + 1
-        self.armed = False
         self.sketches: dict[str, ModuleSketch] = {}
-        self._handles = [layer.register_forward_hook(self._capture(name)) for name, layer in self.layers.items()]
-        if embeddings is not None:
-            self._handles.append(embeddings.register_forward_hook(self._need_gradient))
+        self._handles: list = []  # hooks exist only while armed: outside a window a forward pays nothing
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
 
     def start(self, seed: int, round_index: int, names: Iterable[str]) -> None:
         """Fresh, zero sketches of ``names`` with test matrices drawn from (seed, round): every rank draws the same."""
+        self.stop()
         generator = round_generator(seed, round_index, "sketch")
         self.sketches = {}
         for name in names:
@@ -84,10 +87,15 @@ class GradientSketcher:
             self.sketches[name] = ModuleSketch(omega.to(device), psi.to(device),
                                                torch.zeros(out_features, self.k, device=device),
                                                torch.zeros(self.l, in_features, device=device))
-        self.armed = True
+            self._handles.append(self.layers[name].register_forward_hook(self._capture(self.sketches[name])))
+        if self.embeddings is not None:
+            self._handles.append(self.embeddings.register_forward_hook(self._need_gradient))
 
     def stop(self) -> None:
-        self.armed = False
+        """Remove the hooks; the sketches keep what they folded in."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def all_reduce(self) -> None:
         """Sum the sketches over data-parallel ranks (small tensors, never a full gradient)."""
@@ -97,23 +105,18 @@ class GradientSketcher:
             torch.distributed.all_reduce(sketch.Y)
             torch.distributed.all_reduce(sketch.Z)
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
     # ------------------------------------------------------------------ hooks
-    def _need_gradient(self, module, args, output):
-        if self.armed and module.training and torch.is_grad_enabled() and torch.is_tensor(output) \
+    @staticmethod
+    def _need_gradient(module, args, output):
+        if module.training and torch.is_grad_enabled() and torch.is_tensor(output) \
                 and output.is_floating_point() and not output.requires_grad:
             return output.detach().requires_grad_(True)
         return output
 
-    def _capture(self, name: str):
+    @staticmethod
+    def _capture(sketch: ModuleSketch):
         def hook(module, args, output):
-            if not (self.armed and module.training and torch.is_grad_enabled()):
-                return
-            sketch = self.sketches.get(name)
-            if sketch is None or not torch.is_tensor(output) or not output.requires_grad:
+            if not (module.training and torch.is_grad_enabled() and torch.is_tensor(output) and output.requires_grad):
                 return
             x = args[0].detach().reshape(-1, args[0].shape[-1])
             output.register_hook(lambda delta: sketch.fold(x, delta.detach().reshape(-1, delta.shape[-1])))
