@@ -88,6 +88,10 @@ METHODS = {
     # XGBLoRA's rank, scaling and targets on every block at once, never merged: boosting's matched baseline.
     "lora-r1-all": Method("LoRA r1 all-linear (XGBLoRA's rank and targets)",
                           dict(method="lora", rank=1, target_modules="all-linear"), lr_grid=XGB_GRID),
+    # XGBLoRA's parameters after its merges on a long cell: 12+ rank-1 rounds, each on a third of the blocks,
+    # add up to about rank 4 on every linear layer. Does the rank it reaches explain what it scores?
+    "lora-r4-all": Method("LoRA r4 all-linear (XGBLoRA's total rank after 12 merges)",
+                          dict(method="lora", rank=4, target_modules="all-linear")),
     "raclora": Method("RAC-LoRA 3 links r8 q/v", dict(method="raclora")),
     "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
     # Gradient-boosted rounds (BoostConfig.round_init / layer_selection): each booster starts on the top
@@ -151,7 +155,13 @@ ABLATIONS = [
 
 # jobs: runs side by side by default; MiniLM's small matmuls use 2 cores better as 2 single-thread runs.
 MODELS = {"minilm": dict(model="minilm", epochs=3.0, jobs=2), "smollm2": dict(model="default", epochs=1.0, jobs=1)}
-TASKS = ("movie-reviews", "trec")
+TASKS = ("movie-reviews", "trec", "trec-fine")
+# Cells that differ from the protocol's sizes and epochs. TREC's 50 fine classes are the capacity cell (issue 18):
+# a larger train split and a budget long enough for XGBLoRA to merge 12+ times at kappa 50.
+CELLS = {("minilm", "trec-fine"): dict(train_size=3952, validation_size=500, test_size=1000, epochs=3.0)}
+UNSUPPORTED = {("smollm2", "trec-fine"): "its 50 classes have no one-token label words for a causal LM"}
+# Where the learning curve is drawn: these methods score validation every CURVE_EVERY steps in these cells.
+CURVE_CELLS, CURVE_METHODS, CURVE_EVERY = {("minilm", "trec-fine")}, ("full", "lora-qv", "xgblora"), 50
 
 
 class Plan(NamedTuple):
@@ -170,6 +180,9 @@ DEFAULT_PLAN = {
     ("minilm", "movie-reviews"): Plan(("base", "lora-qv", "cola", "xgblora", "lora-r1-all")),
     ("smollm2", "trec"): Plan(("base", "lora-qv", "lora-all", "xgblora")),
 }
+# The capacity cell's grid (issue 18): LoRA's ranks and targets around XGBLoRA's, the boosting methods, full.
+CAPACITY_GRID = ("base", "full", "lora-qv", "lora-all", "lora-r1-all", "lora-r4-all", "cola", "xgblora", "relora",
+                 "xgblora-grad")
 SIZES = dict(train_size=1000, validation_size=500, test_size=1000)
 QUICK_SIZES = dict(train_size=320, validation_size=100, test_size=200)
 
@@ -250,7 +263,23 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
         "timed_as": sorted({timed_as(f) for f in folders}),
         "steps": summaries[0]["steps"], "rounds_merged": summaries[0]["rounds_merged"],
         "loss_curve": str(folders[0] / "metrics.jsonl"),
+        **({"validation_curve": validation_curve(folders)} if options.eval_steps else {}),
     }
+
+
+def validation_curve(folders: list[Path]) -> dict:
+    """The learning curve of each seed's run (``--eval-steps``): validation accuracy at each scored step, and
+    the steps after which a round ended (a merge), kept in quality.json so the figure can be redrawn."""
+    curve = {"steps": [], "accuracy_by_seed": [], "round_ends": []}
+    for folder in folders:
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        scored = [row for row in rows if "validation_accuracy" in row]
+        curve["steps"] = [row["step"] for row in scored]
+        curve["accuracy_by_seed"].append([row["validation_accuracy"] for row in scored])
+        if not curve["round_ends"]:
+            trained = [row for row in rows if "loss" in row]
+            curve["round_ends"] = [a["step"] for a, b in zip(trained, trained[1:]) if b["round"] != a["round"]]
+    return curve
 
 
 def base_cell(options: RunOptions, seeds: list[int]) -> dict:
@@ -371,6 +400,76 @@ def plot_curves(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_learning_curves(results: dict, out: Path) -> None:
+    """learning_curves.png: validation accuracy against steps (mean over seeds, shaded from the lowest to the
+    highest seed) for each method that recorded a curve, one panel per cell; dotted lines mark XGBLoRA's merges."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, [r for r in rows if r.get("validation_curve")]) for name, rows in results["grid"].items()]
+    panels = [(name, rows) for name, rows in panels if rows]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 4.2 * len(panels)), squeeze=False)
+    for ax, (name, rows) in zip(axes[:, 0], panels):
+        for r in rows:
+            curve = r["validation_curve"]
+            by_step = list(zip(*curve["accuracy_by_seed"]))
+            color = plt.cm.tab10(list(METHODS).index(r["name"]) % 10) if r["name"] in METHODS else None
+            ax.plot(curve["steps"], [statistics.fmean(v) for v in by_step], color=color, marker="o", ms=3,
+                    label=f"{r['label']} (LR {r['picked_lr']:g})")
+            ax.fill_between(curve["steps"], [min(v) for v in by_step], [max(v) for v in by_step], color=color, alpha=0.15)
+            if r["name"] == "xgblora":
+                for step in curve["round_ends"]:
+                    ax.axvline(step, color="gray", ls=":", lw=0.8)
+        ax.set_title(f"{name}: validation accuracy (higher is better), mean of {len(rows[0]['test_scores'])} seeds, "
+                     "band from lowest to highest seed; dotted: XGBLoRA's merges")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+
+
+def gap_closed(sections: dict[str, list[dict]]) -> str:
+    """The seeds' claim as one number: for each cell where full fine-tuning leads LoRA r8 q/v, the share of
+    that gap each method closes, (method - LoRA r8 q/v) / (full - LoRA r8 q/v); negative: behind LoRA r8 q/v.
+    Each cell says whether its gap is clear: more than twice the larger std and at least 3% of base -> full."""
+    cells = {}
+    for name, rows in sections.items():
+        by_name = {row["name"]: row for row in rows}
+        if {"full", "lora-qv"} <= set(by_name) and by_name["full"]["mean"] > by_name["lora-qv"]["mean"]:
+            cells[name] = by_name
+    if not cells:
+        return "Full fine-tuning leads LoRA r8 q/v in no cell here, so there is no gap to close."
+    lines = []
+    for name, by_name in cells.items():
+        full, lora = by_name["full"], by_name["lora-qv"]
+        gap = full["mean"] - lora["mean"]
+        span = full["mean"] - by_name["base"]["mean"] if "base" in by_name else None
+        clear = gap > 2 * max(full["std"], lora["std"]) and (span is None or gap >= 0.03 * span)
+        lines.append(f"- {name}: full {full['mean']:.3f} +- {full['std']:.3f}, LoRA r8 q/v {lora['mean']:.3f} +- "
+                     f"{lora['std']:.3f}, gap {gap:.3f}" + (f" ({gap / span:.1%} of base -> full)" if span else "")
+                     + ("; a clear gap" if clear else "; **not a clear gap** (within twice the larger std, or under 3% "
+                        "of base -> full): its shares are noise"))
+    names = list(dict.fromkeys(n for by_name in cells.values() for n in by_name if n not in ("base", "full", "lora-qv")))
+    lines += ["", "| method | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for method in names:
+        label = next(by_name[method]["label"] for by_name in cells.values() if method in by_name)
+        shares = []
+        for by_name in cells.values():
+            if method not in by_name:
+                shares.append("-")
+                continue
+            full, lora = by_name["full"]["mean"], by_name["lora-qv"]["mean"]
+            shares.append(f"{(by_name[method]['mean'] - lora) / (full - lora):+.2f}")
+        lines.append(f"| {label} | " + " | ".join(shares) + " |")
+    return "\n".join(lines)
+
+
 def timing_note(rows: list[dict]) -> str:
     """How a table's train times were taken: runs side by side are slower per run, so say when they mix."""
     trained = [row for row in rows if row["name"] != "base"]
@@ -408,7 +507,9 @@ def write(results: dict, out: Path) -> None:
     parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
              f"Command: `{results['command']}`", ""]
     parts += ["### Test accuracy, every cell (mean +- std over seeds; bold: best trained method)", "",
-              overview(results["grid"]), ""]
+              overview(results["grid"]), "",
+              "### Share of the gap from LoRA r8 q/v to full fine-tuning closed (1: all of it; negative: behind LoRA r8 q/v)",
+              "", gap_closed(results["grid"]), ""]
     if results["ablations"]:
         parts += ["### Ablations, every cell", "", overview(results["ablations"]), ""]
     for name, rows in results["grid"].items():
@@ -418,6 +519,7 @@ def write(results: dict, out: Path) -> None:
     (out / "quality.md").write_text("\n".join(parts))
     plot(results, out)
     plot_curves(results, out)
+    plot_learning_curves(results, out)
 
 
 def recorded_seconds(folder: Path) -> float | None:
@@ -455,6 +557,10 @@ def chosen_methods(args: argparse.Namespace, model: str, task: str) -> list[str]
     """The grid methods a command runs on a model and task: those named, else the default plan's."""
     if args.part == "ablations":
         return []
+    if (model, task) in UNSUPPORTED:
+        return []
+    if args.methods == "capacity":
+        return list(CAPACITY_GRID)
     if args.methods == "all" or (args.quick and not args.methods):
         return ["base", *METHODS]
     if args.methods:
@@ -464,7 +570,7 @@ def chosen_methods(args: argparse.Namespace, model: str, task: str) -> list[str]
 
 def chosen_ablations(args: argparse.Namespace, model: str, task: str) -> list[Ablation]:
     """The ablations a command runs on a model and task: those named, else the default plan's."""
-    if args.quick or args.part == "grid":
+    if args.quick or args.part == "grid" or (model, task) in UNSUPPORTED:
         return []
     if args.ablations:
         return [a for a in ABLATIONS if args.ablations == "all" or a.name in args.ablations.split(",")]
@@ -474,8 +580,10 @@ def chosen_ablations(args: argparse.Namespace, model: str, task: str) -> list[Ab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: minilm, smollm2")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: movie-reviews, trec")
-    parser.add_argument("--methods", help=f"comma-separated grid methods: base, {', '.join(METHODS)}; or all "
+    parser.add_argument("--tasks", default="movie-reviews,trec",
+                        help="comma-separated: movie-reviews, trec, trec-fine (the capacity cell, MiniLM only)")
+    parser.add_argument("--methods", help=f"comma-separated grid methods: base, {', '.join(METHODS)}; or all; or "
+                                          "capacity (CAPACITY_GRID, the capacity cell's methods) "
                                           "(default: DEFAULT_PLAN's for each model and task)")
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
     parser.add_argument("--ablations", help="comma-separated ablations, or all, run on every chosen model and "
@@ -499,13 +607,17 @@ def main() -> None:
     for name in tasks:
         if name not in TASKS:
             parser.error(f"task {name!r} is unknown; use {' or '.join(TASKS)}.")
-    for name in (args.methods if args.methods not in (None, "all") else "base").split(","):
+    for name in (args.methods if args.methods not in (None, "all", "capacity") else "base").split(","):
         if name != "base" and name not in METHODS:
             parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
     known_ablations = [a.name for a in ABLATIONS]
     for name in (args.ablations if args.ablations not in (None, "all") else known_ablations[0]).split(","):
         if name not in known_ablations:
             parser.error(f"ablation {name!r} is unknown; use one of {', '.join(known_ablations)}.")
+    for model in models:
+        for task in tasks:
+            if (model, task) in UNSUPPORTED and (args.methods or args.ablations):
+                parser.error(f"{model} on {task} cannot run: {UNSUPPORTED[model, task]}.")
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs {args.jobs} must be 1 or more.")
     sizes = SIZES
@@ -559,14 +671,23 @@ def main() -> None:
     print(f"quality: {time.perf_counter() - start:.0f} s; {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality.png'}")
 
 
+def cell_options(model: str, task: str, sizes: dict, quick: bool) -> RunOptions:
+    """The run options of a model and task: the protocol's, or its cell's own sizes and epochs (CELLS)."""
+    settings = {**sizes, "epochs": MODELS[model]["epochs"]}
+    if not quick:
+        settings.update(CELLS.get((model, task), {}))
+    else:
+        settings["epochs"] = 1.0
+    return RunOptions(model=MODELS[model]["model"], data=task, save_steps=50, **settings)
+
+
 def run_model(results: dict, out: Path, pool, model: str, chosen: dict[str, tuple[list[str], list[Ablation]]],
               sizes: dict, seeds: list[int], quick: bool) -> None:
     """On one model, ``chosen`` maps each task to its grid methods and ablations: first every grid cell of
     every task (side by side when there is a pool), then the ablations, each at its method's picked LR.
     Results and tables are rewritten as each cell finishes."""
     rows = {task: {r["name"]: r for r in results["grid"].get(f"{model} on {task}", [])} for task in chosen}
-    options = {task: RunOptions(model=MODELS[model]["model"], data=task, save_steps=50, **sizes,
-                                epochs=1.0 if quick else MODELS[model]["epochs"]) for task in chosen}
+    options = {task: cell_options(model, task, sizes, quick) for task in chosen}
     folder = {task: out / f"{model}-{task}" for task in chosen}
 
     jobs = {}
@@ -583,7 +704,9 @@ def run_model(results: dict, out: Path, pool, model: str, chosen: dict[str, tupl
                 if name == "xgblora":
                     overrides = {"steps_per_round": 5}
                     method = dataclasses.replace(method, label=method.label.replace("kappa 50", "kappa 5"))
-            jobs[task, name] = (cell, folder[task], options[task], name, method, seeds, grid, overrides)
+            curve = (model, task) in CURVE_CELLS and name in CURVE_METHODS
+            cell_opts = dataclasses.replace(options[task], eval_steps=CURVE_EVERY) if curve else options[task]
+            jobs[task, name] = (cell, folder[task], cell_opts, name, method, seeds, grid, overrides)
         for name in sorted({a.method for a in ablations} - set(rows[task]) - set(methods)):
             jobs[task, name] = (cell, folder[task], options[task], name, METHODS[name], seeds, METHODS[name].lr_grid)
     for (task, name), row in run_cells(pool, jobs):

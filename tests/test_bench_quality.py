@@ -163,3 +163,55 @@ def test_a_model_runs_every_tasks_grid_before_any_ablation_and_ablations_at_the_
     assert ablations == [("movie-reviews", "xgb-kappa10", 1e-2), ("trec", "lora-lr-down", 1e-3)]
     assert [r["name"] for r in results["ablations"]["minilm on trec"]] == ["lora-qv", "lora-lr-down"]
     assert [r["name"] for r in results["grid"]["minilm on movie-reviews"]] == ["cola", "xgblora"]
+
+
+def summary_row(name, scores):
+    import statistics
+
+    return {"name": name, "label": name.upper(), "mean": statistics.fmean(scores), "std": statistics.stdev(scores),
+            "test_scores": scores}
+
+
+def test_gap_closed_is_each_methods_share_of_the_gap_from_lora_to_full_and_says_when_the_gap_is_noise():
+    clear = [summary_row("base", [0.1, 0.1, 0.1]), summary_row("full", [0.9, 0.91, 0.89]),
+             summary_row("lora-qv", [0.8, 0.81, 0.79]), summary_row("xgblora", [0.85, 0.86, 0.84]),
+             summary_row("cola", [0.75, 0.76, 0.74])]
+    noisy = [summary_row("full", [0.9, 0.8, 1.0]), summary_row("lora-qv", [0.85, 0.8, 0.9]),
+             summary_row("xgblora", [0.9, 0.9, 0.9])]
+    behind = [summary_row("full", [0.7, 0.7, 0.71]), summary_row("lora-qv", [0.8, 0.8, 0.81])]
+    text = quality.gap_closed({"clear": clear, "noisy": noisy, "behind": behind})
+    assert "clear: full 0.900 +- 0.010, LoRA r8 q/v 0.800 +- 0.010, gap 0.100 (12.5% of base -> full); a clear gap" in text
+    assert "noisy: " in text and "**not a clear gap**" in text and "behind:" not in text  # full does not lead there
+    assert "| method | clear | noisy |" in text
+    assert "| XGBLORA | +0.50 | +1.00 |" in text and "| COLA | -0.50 | - |" in text
+    assert quality.gap_closed({"behind": behind}).startswith("Full fine-tuning leads LoRA r8 q/v in no cell")
+
+
+def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path):
+    import json
+
+    folders = []
+    for seed, accuracies in enumerate([(0.5, 0.7), (0.4, 0.8)]):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        rows = [{"step": step, "round": (step - 1) // 2, "loss": 1.0} for step in (1, 2, 3, 4)]
+        rows.insert(2, {"step": 2, "round": 0, "validation_accuracy": accuracies[0]})
+        rows.append({"step": 4, "round": 1, "validation_accuracy": accuracies[1]})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        folders.append(folder)
+    assert quality.validation_curve(folders) == {"steps": [2, 4], "accuracy_by_seed": [[0.5, 0.7], [0.4, 0.8]],
+                                                 "round_ends": [2]}
+
+
+def test_the_capacity_cell_has_its_own_sizes_and_budget_and_runs_only_where_it_can():
+    import argparse
+
+    options = quality.cell_options("minilm", "trec-fine", quality.SIZES, quick=False)
+    steps = options.train_size // options.batch_size * options.epochs
+    assert steps >= 600 and options.validation_size and options.test_size == 1000  # XGBLoRA merges 12+ times
+    assert quality.cell_options("minilm", "trec", quality.SIZES, quick=False).train_size == 1000  # the protocol's
+    assert quality.cell_options("minilm", "trec-fine", quality.QUICK_SIZES, quick=True).epochs == 1.0
+    args = argparse.Namespace(part="all", methods="capacity", ablations=None, quick=False)
+    assert quality.chosen_methods(args, "minilm", "trec-fine") == list(quality.CAPACITY_GRID)
+    assert set(quality.CAPACITY_GRID) - {"base"} <= set(quality.METHODS)
+    assert quality.chosen_methods(args, "smollm2", "trec-fine") == []  # no label words for a causal LM

@@ -222,3 +222,30 @@ def test_numbers_in_exponent_form_are_read_as_numbers():
 
     assert parse_value("5e-5") == 5e-5 and parse_value("1.0e-3") == 1e-3 and parse_value("3") == 3
     assert parse_value("q_proj,v_proj") == ["q_proj", "v_proj"] and parse_value("none") is None
+
+
+def test_eval_steps_logs_a_validation_curve_without_changing_training(tiny_encoder, reviews_csv, tmp_path):
+    plain, curve = tmp_path / "plain", tmp_path / "curve"
+    common = ("--method", "xgblora", "--steps-per-round", "2", "--validation-size", "16")
+    assert main(train_args(tiny_encoder, reviews_csv, plain, *common)) == 0
+    assert main(train_args(tiny_encoder, reviews_csv, curve, *common, "--eval-steps", "2")) == 0
+    rows = [json.loads(line) for line in (curve / "metrics.jsonl").read_text().splitlines()]
+    scored = [row for row in rows if "validation_accuracy" in row]
+    assert [(row["step"], row["round"]) for row in scored] == [(2, 0), (4, 1), (6, 2)]
+    final = json.loads((curve / "summary.json").read_text())["metrics"]["validation"]["accuracy"]
+    assert scored[-1]["validation_accuracy"] == final  # the last point is the end-of-run score
+    for name in ("adapter_model.safetensors",):  # evaluating drew no random numbers: the same training
+        assert (plain / "adapter" / name).read_bytes() == (curve / "adapter" / name).read_bytes()
+
+
+def test_eval_steps_without_a_validation_split_is_refused(tiny_model, reviews_csv, tmp_path, capsys):
+    assert main(train_args(tiny_model, reviews_csv, tmp_path / "run", "--eval-steps", "2")) == 2
+    assert "eval_steps=2 needs a validation split" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_trec_fine_on_a_causal_lm_asks_for_an_encoder_or_label_words(tiny_model, tmp_path, capsys):
+    args = train_args(tiny_model, "trec-fine", tmp_path / "run")
+    assert main(args) == 2
+    assert "data 'trec-fine' has no label words for a causal LM" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

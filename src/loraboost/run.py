@@ -71,6 +71,7 @@ class RunOptions:
     resume: bool = False
     report_to: list[str] = field(default_factory=list)
     full_finetune: bool = False
+    eval_steps: int = 0  # score the validation split every this many steps (0: only at the end)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -79,6 +80,12 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is not valid; use an integer >= 1.")
+        if isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int) or self.eval_steps < 0:
+            raise ValueError(f"eval_steps={self.eval_steps!r} is not valid; use a step count >= 1, or 0 to score "
+                             "only at the end.")
+        if self.eval_steps and not self.validation_size:
+            raise ValueError(f"eval_steps={self.eval_steps} needs a validation split to score; pass "
+                             "--validation-size N as well.")
         steps = self.max_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps != -1 and steps < 1:
             raise ValueError(f"max_steps={steps!r} is not valid; use a step count >= 1, or -1 to train for --epochs.")
@@ -192,10 +199,10 @@ class Task:
             return loss
         return model(**inputs).loss
 
-    def evaluate(self, model: nn.Module, data) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data, progress: bool = True) -> dict[str, float]:
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(data), desc="evaluate", unit="ex", file=sys.stderr) as bar:
+        with tqdm(total=len(data), desc="evaluate", unit="ex", file=sys.stderr, disable=not progress) as bar:
             if self.head:
                 return {"accuracy": head_accuracy(model, self.collate, data, progress=bar)}
             if self.options.task == "classify":
@@ -230,6 +237,21 @@ def _round_of_step(booster: Booster | None, step: int) -> int:
     """The round that trained optimizer step ``step`` (1-based): after a round's last step the booster has
     already moved on to the next round, but that step belongs to the one it ended."""
     return booster.plan.round_at(max(step - 1, 0)) if booster is not None else 0  # full fine-tuning: one round
+
+
+class _ValidationCurve(transformers.TrainerCallback):
+    """Every ``every`` optimizer steps, the validation split's metric (e.g. ``validation_accuracy``) as a row of
+    metrics.jsonl: the learning curve. Evaluation draws no random numbers, so training is unchanged by it."""
+
+    def __init__(self, path: Path, booster: Booster | None, task: Task, model: nn.Module, data, every: int):
+        self.path, self.booster, self.task, self.model, self.data, self.every = path, booster, task, model, data, every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step % self.every == 0:
+            metrics = self.task.evaluate(self.model, self.data, progress=False)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, "round": _round_of_step(self.booster, state.global_step),
+                                    **{f"validation_{name}": value for name, value in metrics.items()}}) + "\n")
 
 
 class _StopOnInterrupt(transformers.TrainerCallback):
@@ -332,8 +354,11 @@ def prepare(options: RunOptions, boost: BoostConfig):
     data = load_data(options.data)
     if options.task == "classify" and options.data in EMBEDDED:  # its own prompt and label words, unless given
         embedded = EMBEDDED[options.data]
-        if options.label_words is None:
+        if options.label_words is None and embedded.label_words is not None:
             options.label_words = list(embedded.label_words)
+        elif options.label_words is None and not is_encoder(model_folder(options.model)):
+            raise ValueError(f"data {options.data!r} has no label words for a causal LM (its classes are not one-token "
+                             "words); use an encoder such as --model minilm, or pass --label-words, one per sorted class.")
         if options.template is None:
             options.template = embedded.template
     columns = ({"text_column": options.text_column, "label_column": options.label_column} if options.task == "classify"
@@ -407,6 +432,9 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     callbacks = [_MetricsLog(work / METRICS, booster), interrupt, optimizer_peak]
     if booster is not None:
         callbacks.insert(0, BoostCallback(booster))
+    if options.eval_steps:
+        callbacks.append(_ValidationCurve(work / METRICS, booster, task, model if booster is None else booster.model,
+                                          splits["validation"], options.eval_steps))
     callbacks.append(MarkCheckpointComplete())  # last: after the booster state is saved
     trainer = _TaskTrainer(model=model if booster is None else booster.model, args=args, train_dataset=splits["train"],
                            data_collator=task.collate, callbacks=callbacks, task=task, booster=booster)

@@ -20,7 +20,7 @@ FINISHED = "summary.json"  # written last: a folder without it is not a finished
 METRICS = "metrics.jsonl"
 CHECKPOINT_DONE = "loraboost_checkpoint.json"  # written last into a checkpoint: without it, it is incomplete
 # Options that may change when a run is resumed: they do not change what it trains (a run folder may move).
-RESUMABLE_CHANGES = frozenset({"output", "resume", "overwrite", "report_to", "save_steps"})
+RESUMABLE_CHANGES = frozenset({"output", "resume", "overwrite", "report_to", "save_steps", "eval_steps"})
 
 
 def is_run(folder: Path) -> bool:
