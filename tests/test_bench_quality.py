@@ -35,7 +35,7 @@ def fake_runs(monkeypatch, validation, test):
 def test_grid_grows_towards_a_best_rate_at_its_edge(monkeypatch, tmp_path, peak, picked, edge):
     # Validation accuracy peaks at `peak`; test accuracy prefers another rate, and must not be looked at.
     calls = fake_runs(monkeypatch, validation=lambda lr: -abs(lr - peak), test=lambda lr, seed: lr)
-    result = quality.cell(tmp_path, None, "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
+    result = quality.cell(tmp_path, quality.RunOptions(), "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
     assert result["picked_lr"] == picked and result["lr_at_grid_edge"] == edge
     searched = {lr for seed, lr in calls if seed == 0}  # the picked rate is asked for twice on seed 0
     assert len(searched) <= 3 + quality.MAX_EXTENSIONS
@@ -206,12 +206,12 @@ def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path
 def test_the_capacity_cell_has_its_own_sizes_and_budget_and_runs_only_where_it_can():
     import argparse
 
-    options = quality.cell_options("minilm", "trec-fine", quality.SIZES, quick=False)
+    options = quality.cell_options("minilm", "word-valence", quality.SIZES, quick=False)
     steps = options.train_size // options.batch_size * options.epochs
-    assert steps >= 600 and options.validation_size and options.test_size == 1000  # XGBLoRA merges 12+ times
+    assert steps >= 600 and options.validation_size and options.test_size == 2000  # XGBLoRA merges 12+ times
     assert quality.cell_options("minilm", "trec", quality.SIZES, quick=False).train_size == 1000  # the protocol's
     assert quality.cell_options("minilm", "trec-fine", quality.QUICK_SIZES, quick=True).epochs == 1.0
     args = argparse.Namespace(part="all", methods="capacity", ablations=None, quick=False)
-    assert quality.chosen_methods(args, "minilm", "trec-fine") == list(quality.CAPACITY_GRID)
+    assert quality.chosen_methods(args, "minilm", "word-valence") == list(quality.CAPACITY_GRID)
     assert set(quality.CAPACITY_GRID) - {"base"} <= set(quality.METHODS)
     assert quality.chosen_methods(args, "smollm2", "trec-fine") == []  # no label words for a causal LM

