@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
+	# Lint and format first (ruff, configured in pyproject.toml): a failure here names the file and line.
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 	$(PY) -m pytest -ra
 
 demo: $(STAMP)

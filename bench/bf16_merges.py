@@ -41,7 +41,10 @@ import loraboost.run
 from loraboost import BoostConfig
 from loraboost.checkpoint import load_state_file
 from loraboost.merge import add_delta_
-from loraboost.run import FINISHED, STATE, RunOptions, load_model, train
+from loraboost.models import load_model
+from loraboost.options import RunOptions
+from loraboost.run import train
+from loraboost.run_folder import FINISHED, STATE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import MODELS, SIZES  # noqa: E402  (the quality benchmark's models, epochs and splits)
@@ -66,7 +69,12 @@ class MergeTracker:
     @torch.no_grad()
     def __call__(self, weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor | None = None) -> None:
         if id(weight) not in self.weights:
-            self.weights[id(weight)] = (weight, residual, weight.detach().clone(), torch.zeros_like(weight, dtype=torch.float64))
+            self.weights[id(weight)] = (
+                weight,
+                residual,
+                weight.detach().clone(),
+                torch.zeros_like(weight, dtype=torch.float64),
+            )
         self.weights[id(weight)][3].add_(delta.double())
         if not self.bf16:
             add_delta_(weight, delta, residual)
@@ -92,12 +100,14 @@ class MergeTracker:
 
 def bf16_valued(load_model):
     """``load_model`` whose model comes back with every parameter rounded to a bf16 value."""
+
     def load(*args, **kwargs):
         model, tokenizer = load_model(*args, **kwargs)
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.bfloat16().float())
         return model, tokenizer
+
     return load
 
 
@@ -113,8 +123,10 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
         stack.enter_context(mock.patch.object(loraboost.booster, "add_delta_", tracker))
         if bf16:
             stack.enter_context(mock.patch.object(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
-        summary = train(run_options, BoostConfig(method="xgblora", merge_residual=policy,
-                                                   merge_residual_dtype=residual_dtype, seed=seed))
+        summary = train(
+            run_options,
+            BoostConfig(method="xgblora", merge_residual=policy, merge_residual_dtype=residual_dtype, seed=seed),
+        )
     kept = tracker.kept()
     (folder / KEPT).write_text(json.dumps(kept))
     for checkpoint in folder.glob("checkpoint-*"):  # only the summary and the kept shares are needed here
@@ -150,7 +162,7 @@ def print_sizes(folders: list[Path]) -> None:
         if options["model"] not in loaded:
             loaded[options["model"]] = base_weights(options["model"], options["task"])
         sizes = sorted(merge_sizes(folder, loaded[options["model"]]))
-        summary = (f"{statistics.median(sizes):.1e} ({sizes[0]:.0e} - {sizes[-1]:.0e})" if sizes else "no merge")
+        summary = f"{statistics.median(sizes):.1e} ({sizes[0]:.0e} - {sizes[-1]:.0e})" if sizes else "no merge"
         print(f"| {folder} | {options['learning_rate']:g} | {len(sizes)} | {summary} |")
 
 
@@ -166,13 +178,20 @@ def picked_lr(quality: Path, model: str, task: str) -> float:
 
 
 def report(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| variant | test accuracy (mean +- std) | per seed | merges | merge size / weight, median "
-             "(range) | merged update kept by the forward weights | by weights + residual |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| variant | test accuracy (mean +- std) | per seed | merges | merge size / weight, median "
+        "(range) | merged update kept by the forward weights | by weights + residual |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
-                     f"| {r['rounds_merged']} | {r['merge_size_median']:.1e} ({r['merge_size_range'][0]:.0e} - "
-                     f"{r['merge_size_range'][1]:.0e}) | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
-                     f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} |")
+        lines.append(
+            f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
+            f"| {r['rounds_merged']} | {r['merge_size_median']:.1e} ({r['merge_size_range'][0]:.0e} - "
+            f"{r['merge_size_range'][1]:.0e}) | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
+            f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -187,8 +206,13 @@ def main() -> None:
     parser.add_argument("--quality", type=Path, default=Path("runs/quality/quality.json"))
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, each with cores/jobs torch threads")
     parser.add_argument("--output", type=Path, default=Path("runs/bf16_merges"))
-    parser.add_argument("--sizes", type=Path, nargs="+", metavar="RUN",
-                        help="only print the merge sizes of finished loraboost run folders, and train nothing")
+    parser.add_argument(
+        "--sizes",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="only print the merge sizes of finished loraboost run folders, and train nothing",
+    )
     args = parser.parse_args()
     if args.sizes:
         print_sizes(args.sizes)
@@ -214,13 +238,25 @@ def main() -> None:
         runs = [summaries[v, s] for s in seeds]
         sizes = sorted(size for s in seeds for size in merge_sizes(jobs[v, s][0], weights))
         scores = [r["metrics"]["test"]["accuracy"] for r in runs]
-        rows.append({"variant": v, "seeds": seeds, "test_scores": scores, "mean": statistics.fmean(scores),
-                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                     "rounds_merged": runs[0]["rounds_merged"], "steps": runs[0]["steps"],
-                     "kept_forward": [r["kept"]["forward"] for r in runs], "kept_held": [r["kept"]["held"] for r in runs],
-                     "merge_size_median": statistics.median(sizes), "merge_size_range": [sizes[0], sizes[-1]]})
-    header = (f"XGBLoRA on {args.model} / {args.task}, lr {lr:g}, {rows[0]['steps']} steps, seeds {args.seeds}; "
-              f"bf16 storage emulated (fp32 compute). Command: `python {' '.join(sys.argv)}`")
+        rows.append(
+            {
+                "variant": v,
+                "seeds": seeds,
+                "test_scores": scores,
+                "mean": statistics.fmean(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "rounds_merged": runs[0]["rounds_merged"],
+                "steps": runs[0]["steps"],
+                "kept_forward": [r["kept"]["forward"] for r in runs],
+                "kept_held": [r["kept"]["held"] for r in runs],
+                "merge_size_median": statistics.median(sizes),
+                "merge_size_range": [sizes[0], sizes[-1]],
+            }
+        )
+    header = (
+        f"XGBLoRA on {args.model} / {args.task}, lr {lr:g}, {rows[0]['steps']} steps, seeds {args.seeds}; "
+        f"bf16 storage emulated (fp32 compute). Command: `python {' '.join(sys.argv)}`"
+    )
     (out / "bf16_merges.json").write_text(json.dumps({"command": sys.argv, "lr": lr, "rows": rows}, indent=1))
     (out / "bf16_merges.md").write_text(report(rows, header))
     print(report(rows, header))

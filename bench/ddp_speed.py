@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_overhead import real_batch  # noqa: E402  (the same 8 x 64 tokens)
 
-from loraboost import Booster, BoostConfig  # noqa: E402
+from loraboost import BoostConfig, Booster  # noqa: E402
 from loraboost.assets import default_model_dir  # noqa: E402
 
 
@@ -33,8 +33,10 @@ def step_times(steps: int, rank: int = 0, world: int = 1) -> list[float]:
     model_dir = default_model_dir(progress=False)
     batch = real_batch(AutoTokenizer.from_pretrained(model_dir))
     share = batch["input_ids"].shape[0] // world
-    local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
-    booster = Booster(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), BoostConfig(method="xgblora"))
+    local = {k: v[rank * share : (rank + 1) * share] for k, v in batch.items()}
+    booster = Booster(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), BoostConfig(method="xgblora")
+    )
     model = DistributedDataParallel(booster.model, find_unused_parameters=True) if world > 1 else booster.model
     opt = torch.optim.AdamW(booster.parameters(), lr=1e-4)
     times = []
@@ -71,12 +73,30 @@ def main() -> None:
     rank_file = Path(args.out).with_suffix(".ranks.json")
     rank_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
-                    "--steps", str(args.steps), "--rank-output", str(rank_file)], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            "--steps",
+            str(args.steps),
+            "--rank-output",
+            str(rank_file),
+        ],
+        check=True,
+        env=env,
+    )
     double = json.loads(rank_file.read_text())
     rank_file.unlink()
-    report = {"steps": args.steps, "one_process_2_threads_s": statistics.median(single),
-              "two_processes_1_thread_s": statistics.median(double)}
+    report = {
+        "steps": args.steps,
+        "one_process_2_threads_s": statistics.median(single),
+        "two_processes_1_thread_s": statistics.median(double),
+    }
     report["ratio_2proc_over_1proc"] = report["two_processes_1_thread_s"] / report["one_process_2_threads_s"]
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"1 process x 2 threads: {report['one_process_2_threads_s']:.3f} s/step (median of {args.steps})")

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+from review_text import review_token_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 from loraboost.assets import default_model_dir
-from review_text import review_token_rows
 
 BATCH, LENGTH = 8, 64
 
@@ -80,8 +80,11 @@ def main() -> None:
     }
     results = [measure(name, cfg, model_dir, batch, args.steps) for name, cfg in runs.items()]
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "batch": [BATCH, LENGTH], "steps": args.steps, "results": results,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
+        "batch": [BATCH, LENGTH],
+        "steps": args.steps,
+        "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
@@ -89,8 +92,10 @@ def main() -> None:
     for r in results:
         change = f"{r['round_change_s'] * 1e3:10.1f} ms" if r["round_change_s"] else "          -"
         steps = f"{r['round_change_in_steps']:9.3f}" if r["round_change_s"] else "        -"
-        print(f"{r['method']:8} {r['train_step_s']:9.3f} s {r['booster_step_s'] * 1e6:10.1f} us "
-              f"{r['booster_step_share']:7.4%} {change} {steps}")
+        print(
+            f"{r['method']:8} {r['train_step_s']:9.3f} s {r['booster_step_s'] * 1e6:10.1f} us "
+            f"{r['booster_step_share']:7.4%} {change} {steps}"
+        )
 
 
 if __name__ == "__main__":

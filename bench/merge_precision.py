@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 from loraboost.assets import default_model_dir
 from loraboost.merge import add_delta_
 
@@ -70,11 +70,17 @@ def main() -> None:
     for size in (1e-3, 1e-4, 1e-5):
         for scheme in SCHEMES:
             kept = [kept_share(w, args.rounds, size, scheme, seed=i) for i, w in enumerate(weights.values())]
-            rows.append({"relative_size": size, "scheme": scheme,
-                         "kept_min": min(kept), "kept_mean": sum(kept) / len(kept)})
+            rows.append(
+                {"relative_size": size, "scheme": scheme, "kept_min": min(kept), "kept_mean": sum(kept) / len(kept)}
+            )
     memory = residual_bytes(model_dir)
-    report = {"rounds": args.rounds, "modules": MODULES, "rows": rows, "residual_bytes": memory,
-              "model_bf16_bytes": bf16_bytes}
+    report = {
+        "rounds": args.rounds,
+        "modules": MODULES,
+        "rows": rows,
+        "residual_bytes": memory,
+        "model_bf16_bytes": bf16_bytes,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"{args.rounds} rank-1 merges into bf16 weights of SmolLM2-135M ({len(MODULES)} modules)")

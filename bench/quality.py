@@ -49,7 +49,9 @@ from typing import NamedTuple
 import torch
 
 from loraboost import BoostConfig
-from loraboost.run import FINISHED, FULL_MODEL, RunOptions, prepare, train
+from loraboost.options import RunOptions
+from loraboost.run import prepare, train
+from loraboost.run_folder import FINISHED, FULL_MODEL
 
 # Peak learning rates tried per method family, a half-decade apart (COLA picked from a grid too).
 FULL_GRID = (1e-5, 3e-5, 1e-4)
@@ -66,6 +68,20 @@ def half_decade(lr: float, up: bool) -> float:
     else:
         mantissa, exponent = (1, exponent + 1) if up else (1, exponent)
     return float(f"{mantissa}e{exponent}")
+
+
+def metric_of(task: str) -> str:
+    """What a task is scored by: accuracy, or a loss for SFT tasks (TASK_METRIC)."""
+    return TASK_METRIC.get(task, "accuracy")
+
+
+def sign(metric: str) -> int:
+    """+1 where a higher score is better, -1 where a lower one is (a loss): sign * score is always "higher wins"."""
+    return -1 if metric in LOWER_IS_BETTER else 1
+
+
+def metric_label(metric: str) -> str:
+    return f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric
 
 
 @dataclass(frozen=True)
@@ -86,24 +102,35 @@ METHODS = {
     "cola": Method("COLA 3 links r8 q/v", dict(method="cola")),
     "xgblora": Method("XGBLoRA r1, 1/3 of blocks, kappa 50", dict(method="xgblora"), lr_grid=XGB_GRID),
     # XGBLoRA's rank, scaling and targets on every block at once, never merged: boosting's matched baseline.
-    "lora-r1-all": Method("LoRA r1 all-linear (XGBLoRA's rank and targets)",
-                          dict(method="lora", rank=1, target_modules="all-linear"), lr_grid=XGB_GRID),
+    "lora-r1-all": Method(
+        "LoRA r1 all-linear (XGBLoRA's rank and targets)",
+        dict(method="lora", rank=1, target_modules="all-linear"),
+        lr_grid=XGB_GRID,
+    ),
     # XGBLoRA's parameters after its merges on the capacity cell: 15 rank-1 rounds, each on a third of the blocks,
-    # add up to about rank 5 on every linear layer (4 to 6 by the draw). Does the rank it reaches explain what it scores?
-    "lora-r5-all": Method("LoRA r5 all-linear (the total rank XGBLoRA reaches in 15 rounds)",
-                          dict(method="lora", rank=5, target_modules="all-linear")),
+    # add up to about rank 5 on every linear layer (4 to 6 by the draw). Does the rank it reaches explain its score?
+    "lora-r5-all": Method(
+        "LoRA r5 all-linear (the total rank XGBLoRA reaches in 15 rounds)",
+        dict(method="lora", rank=5, target_modules="all-linear"),
+    ),
     "raclora": Method("RAC-LoRA 3 links r8 q/v", dict(method="raclora")),
     "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
     # Gradient-boosted rounds (BoostConfig.round_init / layer_selection): each booster starts on the top
     # singular direction of the loss gradient, and the blocks of a round are drawn by their gradient's gap.
-    "xgblora-grad": Method("XGBLoRA, gradient start and gradient blocks",
-                           dict(method="xgblora", round_init="gradient", layer_selection="gradient"), lr_grid=XGB_GRID),
-    "xgblora-gradinit": Method("XGBLoRA, gradient start only", dict(method="xgblora", round_init="gradient"),
-                               lr_grid=XGB_GRID),
-    "xgblora-gradsel": Method("XGBLoRA, gradient blocks only", dict(method="xgblora", layer_selection="gradient"),
-                              lr_grid=XGB_GRID),
+    "xgblora-grad": Method(
+        "XGBLoRA, gradient start and gradient blocks",
+        dict(method="xgblora", round_init="gradient", layer_selection="gradient"),
+        lr_grid=XGB_GRID,
+    ),
+    "xgblora-gradinit": Method(
+        "XGBLoRA, gradient start only", dict(method="xgblora", round_init="gradient"), lr_grid=XGB_GRID
+    ),
+    "xgblora-gradsel": Method(
+        "XGBLoRA, gradient blocks only", dict(method="xgblora", layer_selection="gradient"), lr_grid=XGB_GRID
+    ),
     "cola-grad": Method("COLA, links start on the gradient", dict(method="cola", round_init="gradient")),
 }
+
 
 class Ablation(NamedTuple):
     """A variant of a grid method: its config overrides, run at the method's picked LR unless ``own_lr``
@@ -138,8 +165,13 @@ ABLATIONS = [
     Ablation("xgb-keep", "xgblora", dict(optimizer_reset="keep"), "optimizer state kept"),
     Ablation("xgb-perround", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1), "LR schedule per round"),
     # The jagged schedule lowers the mean LR (a cosine per round under the global decay): give it its own pick.
-    Ablation("xgb-perround-lr", "xgblora", dict(lr_schedule="per_round", round_warmup_steps=0.1),
-             "LR schedule per round, own LR pick", own_lr=True),
+    Ablation(
+        "xgb-perround-lr",
+        "xgblora",
+        dict(lr_schedule="per_round", round_warmup_steps=0.1),
+        "LR schedule per round, own LR pick",
+        own_lr=True,
+    ),
     # Boosting's case rests on many rounds; at 189 steps XGBLoRA merges 3 times. Does a longer budget close the gap?
     Ablation("xgb-3x-steps", "xgblora", {}, "3x the steps", steps_factor=3.0),
     Ablation("lora-3x-steps", "lora-qv", {}, "3x the steps", steps_factor=3.0),
@@ -147,7 +179,8 @@ ABLATIONS = [
     Ablation("lora-all-3x-steps", "lora-all", {}, "3x the steps", steps_factor=3.0),
     # A rate picked on one seed's validation split can sit just below divergence and fail on other seeds.
     Ablation("lora-lr-down", "lora-qv", {}, "LR one rung lower", lr_steps=-1),
-    # Gradient-boosted rounds at kappa 10: does starting each round on the gradient stop frequent merges costing accuracy?
+    # Gradient-boosted rounds at kappa 10: does starting each round on the gradient stop frequent merges costing
+    # accuracy?
     Ablation("xgbgrad-kappa10", "xgblora-grad", dict(steps_per_round=10), "kappa 10"),
     Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
     Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
@@ -155,15 +188,29 @@ ABLATIONS = [
 
 # jobs: runs side by side by default; MiniLM's small matmuls use 2 cores better as 2 single-thread runs.
 MODELS = {"minilm": dict(model="minilm", epochs=3.0, jobs=2), "smollm2": dict(model="default", epochs=1.0, jobs=1)}
-TASKS = ("movie-reviews", "trec", "trec-fine", "word-valence")
+TASKS = ("movie-reviews", "trec", "trec-fine", "word-valence", "movie-dialog")
+# What a task is scored by (accuracy unless named here); a loss is better when lower, and every table says so.
+TASK_METRIC = {"movie-dialog": "loss"}
+LOWER_IS_BETTER = {"loss", "perplexity"}
 # Cells that differ from the protocol's sizes and epochs. Word valence on MiniLM is the capacity cell (issue 18;
 # full fine-tuning leads LoRA r8 q/v there): a larger train split, a larger test split against noise, and a budget
 # long enough for XGBLoRA to merge 14 times at kappa 50 (750 steps).
-CELLS = {("minilm", "word-valence"): dict(train_size=6000, validation_size=1000, test_size=2000, epochs=2.0),
-         ("minilm", "trec-fine"): dict(train_size=3952, validation_size=500, test_size=1000, epochs=3.0)}
-UNSUPPORTED = {("smollm2", "trec-fine"): "its 50 classes have no one-token label words for a causal LM"}
+CELLS = {
+    ("minilm", "word-valence"): dict(train_size=6000, validation_size=1000, test_size=2000, epochs=2.0),
+    ("minilm", "trec-fine"): dict(train_size=3952, validation_size=500, test_size=1000, epochs=3.0),
+    # Supervised fine-tuning on film dialog, scored by held-out loss: where full fine-tuning is known to learn
+    # more than LoRA. 9,600 pairs in one epoch are 600 steps; a GPU's cell (about 30 min a run on 2 CPU cores).
+    ("smollm2", "movie-dialog"): dict(
+        task="sft", train_size=9600, validation_size=500, test_size=1000, epochs=1.0, max_length=64
+    ),
+}
+UNSUPPORTED = {
+    ("smollm2", "trec-fine"): "its 50 classes have no one-token label words for a causal LM",
+    ("minilm", "movie-dialog"): "an encoder with a classification head cannot be fine-tuned on prompt -> response",
+}
 # Where the learning curve is drawn: these methods score validation every CURVE_EVERY steps in these cells.
-CURVE_CELLS, CURVE_METHODS, CURVE_EVERY = {("minilm", "word-valence")}, ("full", "lora-qv", "xgblora"), 50
+CURVE_CELLS = {("minilm", "word-valence"), ("smollm2", "movie-dialog")}
+CURVE_METHODS, CURVE_EVERY = ("full", "lora-qv", "xgblora"), 50
 
 
 class Plan(NamedTuple):
@@ -183,8 +230,18 @@ DEFAULT_PLAN = {
     ("smollm2", "trec"): Plan(("base", "lora-qv", "lora-all", "xgblora")),
 }
 # The capacity cell's grid (issue 18): LoRA's ranks and targets around XGBLoRA's, the boosting methods, full.
-CAPACITY_GRID = ("base", "full", "lora-qv", "lora-all", "lora-r1-all", "lora-r5-all", "cola", "xgblora", "relora",
-                 "xgblora-grad")
+CAPACITY_GRID = (
+    "base",
+    "full",
+    "lora-qv",
+    "lora-all",
+    "lora-r1-all",
+    "lora-r5-all",
+    "cola",
+    "xgblora",
+    "relora",
+    "xgblora-grad",
+)
 SIZES = dict(train_size=1000, validation_size=500, test_size=1000)
 QUICK_SIZES = dict(train_size=320, validation_size=100, test_size=200)
 
@@ -214,8 +271,9 @@ def run_once(folder: Path, options: RunOptions, method: Method, overrides: dict,
     if (folder / FINISHED).exists():
         return json.loads((folder / FINISHED).read_text())
     print(f"quality: {folder}", file=sys.stderr, flush=True)
-    run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True,
-                                      full_finetune=method.full_finetune)
+    run_options = dataclasses.replace(
+        options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True, full_finetune=method.full_finetune
+    )
     summary = train(run_options, BoostConfig(**{**method.boost, **overrides, "seed": seed}))
     (folder / RAN_AS_FILE).write_text(RAN_AS["how"])
     for leftover in [*folder.glob("checkpoint-*"), folder / FULL_MODEL]:
@@ -231,17 +289,26 @@ def timed_as(folder: Path) -> str:
     return (folder / RAN_AS_FILE).read_text() if (folder / RAN_AS_FILE).exists() else "not recorded"
 
 
-def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[int], lr_grid, overrides=None,
-         picked_lr: float | None = None) -> dict:
+def cell(
+    out: Path,
+    options: RunOptions,
+    name: str,
+    method: Method,
+    seeds: list[int],
+    lr_grid,
+    overrides=None,
+    picked_lr: float | None = None,
+) -> dict:
     """A method on one model and task: pick its LR on validation (seed 0), then run every seed at it."""
     overrides = overrides or {}
+    metric = metric_of(options.data)
     search, grid = {}, sorted(lr_grid)
     while picked_lr is None:
         for lr in grid:
             if lr not in search:
                 summary = run_once(run_folder(out, name, lr, seeds[0]), options, method, overrides, seeds[0], lr)
-                search[lr] = summary["metrics"]["validation"]["accuracy"]
-        best = max(grid, key=lambda lr: (search[lr], -lr))  # ties go to the smaller rate
+                search[lr] = summary["metrics"]["validation"][metric]
+        best = max(grid, key=lambda lr: (sign(metric) * search[lr], -lr))  # ties go to the smaller rate
         # A best rate at the grid's edge may not be the best at all: extend the grid by a half-decade that way.
         if len(grid) > 1 and best in (grid[0], grid[-1]) and len(grid) < len(lr_grid) + MAX_EXTENSIONS:
             grid = [*grid, half_decade(best, up=True)] if best == grid[-1] else [half_decade(best, up=False), *grid]
@@ -249,35 +316,46 @@ def cell(out: Path, options: RunOptions, name: str, method: Method, seeds: list[
             picked_lr = best
     folders = [run_folder(out, name, picked_lr, seed) for seed in seeds]
     summaries = [run_once(f, options, method, overrides, seed, picked_lr) for f, seed in zip(folders, seeds)]
-    scores = [s["metrics"]["test"]["accuracy"] for s in summaries]
+    scores = [s["metrics"]["test"][metric] for s in summaries]
     return {
-        "name": name, "label": method.label, "overrides": overrides, "validation_by_lr": {f"{k:g}": v for k, v in search.items()},
-        "picked_lr": picked_lr, "lr_at_grid_edge": len(search) > 1 and picked_lr in (min(search), max(search)),
-        "seeds": seeds, "test_scores": scores, "mean": statistics.fmean(scores),
+        "name": name,
+        "label": method.label,
+        "metric": metric,
+        "overrides": overrides,
+        "validation_by_lr": {f"{k:g}": v for k, v in search.items()},
+        "picked_lr": picked_lr,
+        "lr_at_grid_edge": len(search) > 1 and picked_lr in (min(search), max(search)),
+        "seeds": seeds,
+        "test_scores": scores,
+        "mean": statistics.fmean(scores),
         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
         "live_trainable_parameters": summaries[0]["live_trainable_parameters"],
         "trainable_parameters": summaries[0]["trainable_parameters"],
         "optimizer_state_bytes": max(s["optimizer_state_bytes"] for s in summaries),
         "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
-        **({"peak_gpu_memory_bytes": max(s["peak_gpu_memory_bytes"] for s in summaries)}
-           if all("peak_gpu_memory_bytes" in s for s in summaries) else {}),
+        **(
+            {"peak_gpu_memory_bytes": max(s["peak_gpu_memory_bytes"] for s in summaries)}
+            if all("peak_gpu_memory_bytes" in s for s in summaries)
+            else {}
+        ),
         "train_seconds": statistics.fmean(s["train_seconds"] for s in summaries),
         "timed_as": sorted({timed_as(f) for f in folders}),
-        "steps": summaries[0]["steps"], "rounds_merged": summaries[0]["rounds_merged"],
+        "steps": summaries[0]["steps"],
+        "rounds_merged": summaries[0]["rounds_merged"],
         "loss_curve": str(folders[0] / "metrics.jsonl"),
-        **({"validation_curve": validation_curve(folders)} if options.eval_steps else {}),
+        **({"validation_curve": validation_curve(folders, metric)} if options.eval_steps else {}),
     }
 
 
-def validation_curve(folders: list[Path]) -> dict:
-    """The learning curve of each seed's run (``--eval-steps``): validation accuracy at each scored step, and
+def validation_curve(folders: list[Path], metric: str = "accuracy") -> dict:
+    """The learning curve of each seed's run (``--eval-steps``): the validation metric at each scored step, and
     the steps after which a round ended (a merge), kept in quality.json so the figure can be redrawn."""
-    curve = {"steps": [], "accuracy_by_seed": [], "round_ends": []}
+    curve = {"metric": metric, "steps": [], "by_seed": [], "round_ends": []}
     for folder in folders:
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        scored = [row for row in rows if "validation_accuracy" in row]
+        scored = [row for row in rows if f"validation_{metric}" in row]
         curve["steps"] = [row["step"] for row in scored]
-        curve["accuracy_by_seed"].append([row["validation_accuracy"] for row in scored])
+        curve["by_seed"].append([row[f"validation_{metric}"] for row in scored])
         if not curve["round_ends"]:
             trained = [row for row in rows if "loss" in row]
             curve["round_ends"] = [a["step"] for a, b in zip(trained, trained[1:]) if b["round"] != a["round"]]
@@ -286,14 +364,28 @@ def validation_curve(folders: list[Path]) -> dict:
 
 def base_cell(options: RunOptions, seeds: list[int]) -> dict:
     """The untrained model on each seed's test split (an encoder's new head is random: chance level)."""
-    scores = []
+    scores, metric = [], metric_of(options.data)
     for seed in seeds:
         model, _, task, splits = prepare(dataclasses.replace(options, seed=seed), BoostConfig(method="lora"))
-        scores.append(task.evaluate(model, splits["test"])["accuracy"])
-    return {"name": "base", "label": "base model, untrained", "picked_lr": None, "seeds": seeds, "test_scores": scores,
-            "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "live_trainable_parameters": 0, "trainable_parameters": 0, "optimizer_state_bytes": 0,
-            "peak_memory_bytes": 0, "train_seconds": 0.0, "steps": 0, "rounds_merged": 0, "validation_by_lr": {}}
+        scores.append(task.evaluate(model, splits["test"])[metric])
+    return {
+        "name": "base",
+        "label": "base model, untrained",
+        "metric": metric,
+        "picked_lr": None,
+        "seeds": seeds,
+        "test_scores": scores,
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "live_trainable_parameters": 0,
+        "trainable_parameters": 0,
+        "optimizer_state_bytes": 0,
+        "peak_memory_bytes": 0,
+        "train_seconds": 0.0,
+        "steps": 0,
+        "rounds_merged": 0,
+        "validation_by_lr": {},
+    }
 
 
 def run_cells(pool: concurrent.futures.Executor | None, jobs: dict[str, tuple]):
@@ -309,21 +401,29 @@ def run_cells(pool: concurrent.futures.Executor | None, jobs: dict[str, tuple]):
 
 
 def table(rows: list[dict], ablation: bool = False) -> str:
-    head = ("| method | test accuracy (mean +- std) | picked LR (validation acc. per LR) | trainable params per step | "
-            "optimizer state | peak memory | train time | rounds merged |")
+    metric = rows[0].get("metric", "accuracy") if rows else "accuracy"
+    head = (
+        f"| method | test {metric_label(metric)} (mean +- std) | picked LR (validation {metric} per LR) | "
+        "trainable params per step | optimizer state | peak memory | train time | rounds merged |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         search = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in r["validation_by_lr"].items())
         lr = "-" if r["picked_lr"] is None else f"{r['picked_lr']:g}" + (" (edge)" if r.get("lr_at_grid_edge") else "")
         lr += f" ({search})" if search else (" (not searched)" if ablation else "")
         # The untrained base has no training run to measure.
-        memory, seconds = ("-", "-") if r["name"] == "base" else (
-            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB", f"{r['train_seconds']:.0f} s")
+        memory, seconds = (
+            ("-", "-")
+            if r["name"] == "base"
+            else (f"{r['peak_memory_bytes'] / 2**30:.2f} GiB", f"{r['train_seconds']:.0f} s")
+        )
         if "peak_gpu_memory_bytes" in r:  # a GPU run: what bounds it is GPU memory, not the process's RSS
             memory = f"{r['peak_gpu_memory_bytes'] / 2**30:.2f} GiB GPU"
-        lines.append(f"| {r['label']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['test_scores'])}) | {lr} | "
-                     f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
-                     f"{memory} | {seconds} | {r['rounds_merged']} |")
+        lines.append(
+            f"| {r['label']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['test_scores'])}) | {lr} | "
+            f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
+            f"{memory} | {seconds} | {r['rounds_merged']} |"
+        )
     return "\n".join(lines)
 
 
@@ -342,15 +442,28 @@ def plot(results: dict, out: Path) -> None:
         fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
         for ax, (name, rows) in zip(axes[:, 0], panels):
             labels = [r["label"] for r in rows]
-            ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=5,
-                   color=["#999999" if r["name"] in ("base", "full") else "#4C72B0" if r["name"].startswith("lora")
-                          else "#DD8452" for r in rows])
+            ax.bar(
+                range(len(rows)),
+                [r["mean"] for r in rows],
+                yerr=[r["std"] for r in rows],
+                capsize=5,
+                color=[
+                    "#999999"
+                    if r["name"] in ("base", "full")
+                    else "#4C72B0"
+                    if r["name"].startswith("lora")
+                    else "#DD8452"
+                    for r in rows
+                ],
+            )
             for i, r in enumerate(rows):
                 ax.scatter([i] * len(r["test_scores"]), r["test_scores"], color="black", s=10, zorder=3)
             trained = [s for r in rows if r["name"] != "base" for s in r["test_scores"]] or [0.5]
-            ax.set_ylim(max(0.0, min(trained) - 0.08), min(1.0, max(trained) + 0.04))
+            metric = rows[0].get("metric", "accuracy")
+            top = max(trained) + 0.04 if metric in LOWER_IS_BETTER else min(1.0, max(trained) + 0.04)
+            ax.set_ylim(max(0.0, min(trained) - 0.08), top)
             ax.set_xticks(range(len(rows)), labels, rotation=18, ha="right", fontsize=8)
-            ax.set_ylabel("test accuracy")
+            ax.set_ylabel(f"test {metric_label(metric)}")
             ax.set_title(f"{name}: mean over seeds, dots are single runs")
             lora = next((r for r in results["grid"].get(name, []) if r["name"] == "lora-qv"), None)
             if key == "ablations" and lora is not None:  # the baseline every variant has to beat
@@ -358,8 +471,14 @@ def plot(results: dict, out: Path) -> None:
                 ax.legend(fontsize=8, loc="lower right")
             base = next((r for r in rows if r["name"] == "base"), None)
             if base is not None and base["mean"] < ax.get_ylim()[0]:  # an untrained head: far below the rest
-                ax.annotate(f"{base['mean']:.3f}\n(below the axis)", (0, ax.get_ylim()[0]), xytext=(0, 12),
-                            textcoords="offset points", ha="center", fontsize=8)
+                ax.annotate(
+                    f"{base['mean']:.3f}\n(below the axis)",
+                    (0, ax.get_ylim()[0]),
+                    xytext=(0, 12),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                )
         fig.tight_layout()
         fig.savefig(out / filename, dpi=100)
         plt.close(fig)
@@ -373,8 +492,10 @@ def plot_curves(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(name, [r for r in rows if r.get("loss_curve") and Path(r["loss_curve"]).exists()])
-              for name, rows in results["grid"].items()]
+    panels = [
+        (name, [r for r in rows if r.get("loss_curve") and Path(r["loss_curve"]).exists()])
+        for name, rows in results["grid"].items()
+    ]
     panels = [(name, rows) for name, rows in panels if rows]
     if not panels:
         return
@@ -384,11 +505,17 @@ def plot_curves(results: dict, out: Path) -> None:
             logs = [json.loads(line) for line in Path(r["loss_curve"]).read_text().splitlines()]
             logs = [e for e in logs if "loss" in e]
             losses = [e["loss"] for e in logs]
-            smooth = [statistics.fmean(losses[max(0, i - 9):i + 1]) for i in range(len(losses))]
+            smooth = [statistics.fmean(losses[max(0, i - 9) : i + 1]) for i in range(len(losses))]
             # One colour per method in every panel, whichever methods a panel has.
             color = plt.cm.tab10(list(METHODS).index(r["name"]) % 10) if r["name"] in METHODS else None
-            ax.plot([e["step"] for e in logs], smooth, label=r["label"], lw=1.3, color=color,
-                    ls="--" if r["name"] in ("full",) else "-")
+            ax.plot(
+                [e["step"] for e in logs],
+                smooth,
+                label=r["label"],
+                lw=1.3,
+                color=color,
+                ls="--" if r["name"] in ("full",) else "-",
+            )
             if r["name"] == "xgblora":
                 for before, after in zip(logs, logs[1:]):
                     if after["round"] != before["round"]:
@@ -418,18 +545,30 @@ def plot_learning_curves(results: dict, out: Path) -> None:
     for ax, (name, rows) in zip(axes[:, 0], panels):
         for r in rows:
             curve = r["validation_curve"]
-            by_step = list(zip(*curve["accuracy_by_seed"]))
+            by_step = list(zip(*curve["by_seed"]))
             color = plt.cm.tab10(list(METHODS).index(r["name"]) % 10) if r["name"] in METHODS else None
-            ax.plot(curve["steps"], [statistics.fmean(v) for v in by_step], color=color, marker="o", ms=3,
-                    label=f"{r['label']} (LR {r['picked_lr']:g})")
-            ax.fill_between(curve["steps"], [min(v) for v in by_step], [max(v) for v in by_step], color=color, alpha=0.15)
+            ax.plot(
+                curve["steps"],
+                [statistics.fmean(v) for v in by_step],
+                color=color,
+                marker="o",
+                ms=3,
+                label=f"{r['label']} (LR {r['picked_lr']:g})",
+            )
+            ax.fill_between(
+                curve["steps"], [min(v) for v in by_step], [max(v) for v in by_step], color=color, alpha=0.15
+            )
             if r["name"] == "xgblora":
                 for step in curve["round_ends"]:
                     ax.axvline(step, color="gray", ls=":", lw=0.8)
-        ax.set_title(f"{name}: validation accuracy (higher is better), mean of {len(rows[0]['test_scores'])} seeds, "
-                     "band from lowest to highest seed; dotted: XGBLoRA's merges")
+        metric = rows[0]["validation_curve"].get("metric", "accuracy")
+        better = "lower" if metric in LOWER_IS_BETTER else "higher"
+        ax.set_title(
+            f"{name}: validation {metric} ({better} is better), mean of {len(rows[0]['test_scores'])} seeds, "
+            "band from lowest to highest seed; dotted: XGBLoRA's merges"
+        )
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(f"validation {metric_label(metric)}")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=100)
@@ -443,21 +582,33 @@ def gap_closed(sections: dict[str, list[dict]]) -> str:
     cells = {}
     for name, rows in sections.items():
         by_name = {row["name"]: row for row in rows}
-        if {"full", "lora-qv"} <= set(by_name) and by_name["full"]["mean"] > by_name["lora-qv"]["mean"]:
+        direction = sign(rows[0].get("metric", "accuracy")) if rows else 1
+        if {"full", "lora-qv"} <= set(by_name) and direction * (
+            by_name["full"]["mean"] - by_name["lora-qv"]["mean"]
+        ) > 0:
             cells[name] = by_name
     if not cells:
         return "Full fine-tuning leads LoRA r8 q/v in no cell here, so there is no gap to close."
     lines = []
     for name, by_name in cells.items():
         full, lora = by_name["full"], by_name["lora-qv"]
-        gap = full["mean"] - lora["mean"]
-        span = full["mean"] - by_name["base"]["mean"] if "base" in by_name else None
+        gap = abs(full["mean"] - lora["mean"])
+        span = abs(full["mean"] - by_name["base"]["mean"]) if "base" in by_name else None
         clear = gap > 2 * max(full["std"], lora["std"]) and (span is None or gap >= 0.03 * span)
-        lines.append(f"- {name}: full {full['mean']:.3f} +- {full['std']:.3f}, LoRA r8 q/v {lora['mean']:.3f} +- "
-                     f"{lora['std']:.3f}, gap {gap:.3f}" + (f" ({gap / span:.1%} of base -> full)" if span else "")
-                     + ("; a clear gap" if clear else "; **not a clear gap** (within twice the larger std, or under 3% "
-                        "of base -> full): its shares are noise"))
-    names = list(dict.fromkeys(n for by_name in cells.values() for n in by_name if n not in ("base", "full", "lora-qv")))
+        lines.append(
+            f"- {name}: full {full['mean']:.3f} +- {full['std']:.3f}, LoRA r8 q/v {lora['mean']:.3f} +- "
+            f"{lora['std']:.3f}, gap {gap:.3f}"
+            + (f" ({gap / span:.1%} of base -> full)" if span else "")
+            + (
+                "; a clear gap"
+                if clear
+                else "; **not a clear gap** (within twice the larger std, or under 3% "
+                "of base -> full): its shares are noise"
+            )
+        )
+    names = list(
+        dict.fromkeys(n for by_name in cells.values() for n in by_name if n not in ("base", "full", "lora-qv"))
+    )
     lines += ["", "| method | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
     for method in names:
         label = next(by_name[method]["label"] for by_name in cells.values() if method in by_name)
@@ -487,9 +638,13 @@ def overview(sections: dict[str, list[dict]]) -> str:
     """One table of test accuracy, a row per method and a column per cell, the best trained method of each
     cell in bold ("-": not run there); n is shown where a row has other than 3 seeds."""
     labels = {row["name"]: row["label"] for rows in sections.values() for row in rows}
-    lines = ["| method | " + " | ".join(sections) + " |", "|---" * (len(sections) + 1) + "|"]
-    best = {cell: max((row["mean"] for row in rows if row["name"] != "base"), default=None)
-            for cell, rows in sections.items()}
+    metrics = {cell: rows[0].get("metric", "accuracy") if rows else "accuracy" for cell, rows in sections.items()}
+    heads = [cell if metrics[cell] == "accuracy" else f"{cell}: {metric_label(metrics[cell])}" for cell in sections]
+    lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(sections) + 1) + "|"]
+    best = {
+        cell: max((sign(metrics[cell]) * row["mean"] for row in rows if row["name"] != "base"), default=None)
+        for cell, rows in sections.items()
+    }
     for name, label in labels.items():
         entries = []
         for cell, rows in sections.items():
@@ -499,19 +654,30 @@ def overview(sections: dict[str, list[dict]]) -> str:
                 continue
             entry = f"{row['mean']:.3f} +- {row['std']:.3f}"
             entry += f" (n={len(row['test_scores'])})" if len(row["test_scores"]) != 3 else ""
-            entries.append(f"**{entry}**" if name != "base" and row["mean"] == best[cell] else entry)
+            is_best = name != "base" and sign(metrics[cell]) * row["mean"] == best[cell]
+            entries.append(f"**{entry}**" if is_best else entry)
         lines.append(f"| {label} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
 
 
 def write(results: dict, out: Path) -> None:
     (out / "quality.json").write_text(json.dumps(results, indent=1))
-    parts = [f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
-             f"Command: `{results['command']}`", ""]
-    parts += ["### Test accuracy, every cell (mean +- std over seeds; bold: best trained method)", "",
-              overview(results["grid"]), "",
-              "### Share of the gap from LoRA r8 q/v to full fine-tuning closed (1: all of it; negative: behind LoRA r8 q/v)",
-              "", gap_closed(results["grid"]), ""]
+    parts = [
+        f"Machine: {results['machine']}; {results['versions']}; date {results['date']}.",
+        f"Command: `{results['command']}`",
+        "",
+    ]
+    parts += [
+        "### Test score, every cell (accuracy unless the column names a loss; mean +- std over seeds; bold: best "
+        "trained method)",
+        "",
+        overview(results["grid"]),
+        "",
+        "### Share of the gap from LoRA r8 q/v to full fine-tuning closed (1: all of it; negative: behind LoRA r8 q/v)",
+        "",
+        gap_closed(results["grid"]),
+        "",
+    ]
     if results["ablations"]:
         parts += ["### Ablations, every cell", "", overview(results["ablations"]), ""]
     for name, rows in results["grid"].items():
@@ -540,16 +706,21 @@ def estimate(out: Path, cells: list[tuple[str, str, str]], seeds: list[int]) -> 
     rate that the LR search tried on the first seed, and the picked rate on the others."""
     lines, total, missing = [], 0.0, []
     for model, task, name in cells:
-        folders = [f for f in sorted((out / f"{model}-{task}" / name).glob("lr*-seed*"))
-                   if int(f.name.rsplit("seed", 1)[1]) in seeds]
+        folders = [
+            f
+            for f in sorted((out / f"{model}-{task}" / name).glob("lr*-seed*"))
+            if int(f.name.rsplit("seed", 1)[1]) in seeds
+        ]
         seconds = [s for s in map(recorded_seconds, folders) if s is not None]
         if not seconds:
             missing.append(f"{model}-{task}/{name}")
             continue
         total += sum(seconds)
         lines.append(f"  {model}-{task}/{name}: {len(seconds)} runs, {sum(seconds) / 60:.0f} min")
-    lines.append(f"estimate: {total / 3600:.1f} h of machine time for the {len(cells) - len(missing)} cells "
-                 f"recorded in {out} (model loading and the untrained base's evaluation not counted)")
+    lines.append(
+        f"estimate: {total / 3600:.1f} h of machine time for the {len(cells) - len(missing)} cells "
+        f"recorded in {out} (model loading and the untrained base's evaluation not counted)"
+    )
     if missing:
         lines.append(f"no finished runs to go by for: {', '.join(missing)}")
     return "\n".join(lines)
@@ -582,23 +753,42 @@ def chosen_ablations(args: argparse.Namespace, model: str, task: str) -> list[Ab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: minilm, smollm2")
-    parser.add_argument("--tasks", default="movie-reviews,trec",
-                        help="comma-separated: movie-reviews, trec, trec-fine (MiniLM only), word-valence (the capacity cell)")
-    parser.add_argument("--methods", help=f"comma-separated grid methods: base, {', '.join(METHODS)}; or all; or "
-                                          "capacity (CAPACITY_GRID, the capacity cell's methods) "
-                                          "(default: DEFAULT_PLAN's for each model and task)")
+    parser.add_argument(
+        "--tasks",
+        default="movie-reviews,trec",
+        help="comma-separated: movie-reviews, trec, trec-fine and word-valence (MiniLM only), movie-dialog "
+        "(SmolLM2 SFT, scored by held-out loss)",
+    )
+    parser.add_argument(
+        "--methods",
+        help=f"comma-separated grid methods: base, {', '.join(METHODS)}; or all; or "
+        "capacity (CAPACITY_GRID, the capacity cell's methods) "
+        "(default: DEFAULT_PLAN's for each model and task)",
+    )
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
-    parser.add_argument("--ablations", help="comma-separated ablations, or all, run on every chosen model and "
-                                            "task (default: DEFAULT_PLAN's for each model and task)")
+    parser.add_argument(
+        "--ablations",
+        help="comma-separated ablations, or all, run on every chosen model and "
+        "task (default: DEFAULT_PLAN's for each model and task)",
+    )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int,
-                        help="runs side by side, each with cores/jobs torch threads (default: 2 for minilm, "
-                             "whose small matmuls use 2 cores better as 2 single-thread runs; 1 for smollm2)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs side by side, each with cores/jobs torch threads (default: 2 for minilm, "
+        "whose small matmuls use 2 cores better as 2 single-thread runs; 1 for smollm2)",
+    )
     parser.add_argument("--output", default="runs/quality")
-    parser.add_argument("--estimate", action="store_true",
-                        help="print what the chosen cells took when they ran into --output, and train nothing")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: minilm on movie-reviews, 320/100/200 examples, 1 epoch, 1 seed, one LR per method")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print what the chosen cells took when they ran into --output, and train nothing",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: minilm on movie-reviews, 320/100/200 examples, 1 epoch, 1 seed, one LR per method",
+    )
     args = parser.parse_args()
     out = Path(args.output)
     models, tasks = args.models.split(","), args.tasks.split(",")
@@ -640,11 +830,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
     results = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {gpu_name() or 'no GPU'}",
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"{gpu_name() or 'no GPU'}",
         "versions": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
-                    f"peft {__import__('peft').__version__}",
-        "date": datetime.date.today().isoformat(), "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
-        "grid": previous.get("grid", {}), "ablations": previous.get("ablations", {}),
+        f"peft {__import__('peft').__version__}",
+        "date": datetime.date.today().isoformat(),
+        "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
+        "grid": previous.get("grid", {}),
+        "ablations": previous.get("ablations", {}),
     }
     RAN_AS["how"] = f"one run at a time{where()}, {torch.get_num_threads()} torch threads"
     start = time.perf_counter()
@@ -654,15 +847,26 @@ def main() -> None:
             chosen[task] = chosen_methods(args, model, task), chosen_ablations(args, model, task)
             if chosen[task] == ([], []):
                 del chosen[task]
-                print(f"quality: nothing to run for {model} on {task} (the default plan leaves it out; "
-                      "name --methods or --ablations)", file=sys.stderr)
+                print(
+                    f"quality: nothing to run for {model} on {task} (the default plan leaves it out; "
+                    "name --methods or --ablations)",
+                    file=sys.stderr,
+                )
         if not chosen:
             continue
         jobs = args.jobs or MODELS[model]["jobs"]
         threads = max(1, (os.cpu_count() or 1) // jobs)
         # spawn, not fork: a forked child of a process that already ran OpenMP kernels can hang.
-        pool = None if jobs == 1 else concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker, initargs=(threads, jobs))
+        pool = (
+            None
+            if jobs == 1
+            else concurrent.futures.ProcessPoolExecutor(
+                jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=start_worker,
+                initargs=(threads, jobs),
+            )
+        )
         try:
             run_model(results, out, pool, model, chosen, sizes, seeds, quick=args.quick)
         finally:
@@ -670,7 +874,10 @@ def main() -> None:
                 pool.shutdown()
     write(results, out)
     print((out / "quality.md").read_text())
-    print(f"quality: {time.perf_counter() - start:.0f} s; {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality.png'}")
+    print(
+        f"quality: {time.perf_counter() - start:.0f} s; {out / 'quality.json'}, {out / 'quality.md'}, "
+        f"{out / 'quality.png'}"
+    )
 
 
 def cell_options(model: str, task: str, sizes: dict, quick: bool) -> RunOptions:
@@ -683,8 +890,16 @@ def cell_options(model: str, task: str, sizes: dict, quick: bool) -> RunOptions:
     return RunOptions(model=MODELS[model]["model"], data=task, save_steps=50, **settings)
 
 
-def run_model(results: dict, out: Path, pool, model: str, chosen: dict[str, tuple[list[str], list[Ablation]]],
-              sizes: dict, seeds: list[int], quick: bool) -> None:
+def run_model(
+    results: dict,
+    out: Path,
+    pool,
+    model: str,
+    chosen: dict[str, tuple[list[str], list[Ablation]]],
+    sizes: dict,
+    seeds: list[int],
+    quick: bool,
+) -> None:
     """On one model, ``chosen`` maps each task to its grid methods and ablations: first every grid cell of
     every task (side by side when there is a pool), then the ablations, each at its method's picked LR.
     Results and tables are rewritten as each cell finishes."""
@@ -721,14 +936,24 @@ def run_model(results: dict, out: Path, pool, model: str, chosen: dict[str, tupl
         for a in ablations:
             options_a = dataclasses.replace(options[task], epochs=options[task].epochs * a.steps_factor)
             method = dataclasses.replace(METHODS[a.method], label=f"{a.method}: {a.label}")
-            jobs[task, a.name] = (cell, folder[task], options_a, a.name, method, seeds, METHODS[a.method].lr_grid,
-                                  a.overrides, a.learning_rate(rows[task][a.method]["picked_lr"]))
+            jobs[task, a.name] = (
+                cell,
+                folder[task],
+                options_a,
+                a.name,
+                method,
+                seeds,
+                METHODS[a.method].lr_grid,
+                a.overrides,
+                a.learning_rate(rows[task][a.method]["picked_lr"]),
+            )
     done = {task: {r["name"]: r for r in results["ablations"].get(f"{model} on {task}", [])} for task in chosen}
     for (task, name), row in run_cells(pool, jobs):
         done[task][name] = row
         results["ablations"][f"{model} on {task}"] = [
             *(rows[task][m] for m in ("lora-qv", "xgblora", "lora-r1-all", "cola") if m in rows[task]),
-            *(done[task][a.name] for a in ABLATIONS if a.name in done[task])]
+            *(done[task][a.name] for a in ABLATIONS if a.name in done[task]),
+        ]
         write(results, out)
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from speed import DTYPES, RANDOM_VOCAB, SETTINGS, random_llama, train_arm, wait_for_device
 
 from loraboost import BoostConfig
-from speed import DTYPES, RANDOM_VOCAB, SETTINGS, random_llama, train_arm, wait_for_device
 
 
 class MemoryPerStep(transformers.TrainerCallback):
@@ -54,13 +54,21 @@ def by_round(arm: str, boost: BoostConfig, model_dir: Path, batches, batch: int,
     rows = []
     for index in range(rounds):
         window = slice(index * kappa, (index + 1) * kappa)
-        rows.append({
-            "round": index, "blocks": [key.rsplit(".", 1)[-1] for key in booster.plan.layers(index)],
-            "peak_bytes": max(memory.peak_bytes[window]), "held_at_end_bytes": memory.held_bytes[window][-1],
-        })
+        rows.append(
+            {
+                "round": index,
+                "blocks": [key.rsplit(".", 1)[-1] for key in booster.plan.layers(index)],
+                "peak_bytes": max(memory.peak_bytes[window]),
+                "held_at_end_bytes": memory.held_bytes[window][-1],
+            }
+        )
     residual_bytes = sum(r.numel() * r.element_size() for r in booster.residuals.values())
-    return {"kappa": kappa, "rows": rows,
-            "residual_bytes_at_end": residual_bytes, "residual_weights_at_end": len(booster.residuals)}
+    return {
+        "kappa": kappa,
+        "rows": rows,
+        "residual_bytes_at_end": residual_bytes,
+        "residual_weights_at_end": len(booster.residuals),
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -75,20 +83,37 @@ def plot(result: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 5))
     for run, colour in zip(result["runs"], ("tab:red", "tab:orange", "tab:blue", "tab:green")):
         rounds = [row["round"] for row in run["rows"]]
-        axes.plot(rounds, [row["peak_bytes"] / gib for row in run["rows"]], "o-", color=colour,
-                  label=f"peak during the round, merge_residual={run['merge_residual']}")
-        axes.plot(rounds, [row["held_at_end_bytes"] / gib for row in run["rows"]], "s--", color=colour,
-                  label=f"held between steps at its end, merge_residual={run['merge_residual']}")
+        axes.plot(
+            rounds,
+            [row["peak_bytes"] / gib for row in run["rows"]],
+            "o-",
+            color=colour,
+            label=f"peak during the round, merge_residual={run['merge_residual']}",
+        )
+        axes.plot(
+            rounds,
+            [row["held_at_end_bytes"] / gib for row in run["rows"]],
+            "s--",
+            color=colour,
+            label=f"held between steps at its end, merge_residual={run['merge_residual']}",
+        )
     speed = path.parent / "speed-gpu.json"
     if speed.exists():
         anchor = next(r for r in json.loads(speed.read_text())["rows"] if r["arm"] == "peft-lora")
-        axes.axhline(anchor["peak_memory_bytes"] / gib, color="grey", linestyle=":",
-                     label="PEFT LoRA r8 q/v, peak (bench/speed.py)")
+        axes.axhline(
+            anchor["peak_memory_bytes"] / gib,
+            color="grey",
+            linestyle=":",
+            label="PEFT LoRA r8 q/v, peak (bench/speed.py)",
+        )
     axes.set_xlabel("round (kappa steps each)")
     axes.set_ylabel("GPU memory allocated (GiB)")
     axes.set_ylim(bottom=0)
-    axes.set_title(f"{result['method']} on {Path(result['model']).name} ({result['dtype']}), "
-                   f"batch {result['batch'][0]} x {result['batch'][1]}, {result['machine']}", fontsize=9)
+    axes.set_title(
+        f"{result['method']} on {Path(result['model']).name} ({result['dtype']}), "
+        f"batch {result['batch'][0]} x {result['batch'][1]}, {result['machine']}",
+        fontsize=9,
+    )
     axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -97,14 +122,21 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="random-1b", help="'random-1b' (Llama-3.2-1B shape, random weights) "
-                        "or a local causal-LM folder")
+    parser.add_argument(
+        "--model",
+        default="random-1b",
+        help="'random-1b' (Llama-3.2-1B shape, random weights) or a local causal-LM folder",
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     parser.add_argument("--method", default="xgblora", help="a boosting preset that merges (xgblora, cola, ...)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps-per-round", type=int, default=50, help="kappa (XGBLoRA's default: 50)")
-    parser.add_argument("--merge-residual", nargs="+", default=["auto", "auto:bfloat16", "never"],
-                        help="settings to run, each merge_residual[:merge_residual_dtype]")
+    parser.add_argument(
+        "--merge-residual",
+        nargs="+",
+        default=["auto", "auto:bfloat16", "never"],
+        help="settings to run, each merge_residual[:merge_residual_dtype]",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--out", default="bench/results/round-memory-gpu.json")
@@ -116,8 +148,10 @@ def main() -> None:
         print(f"figure: {source.with_suffix('.png')}")
         return
     if not torch.cuda.is_available():
-        sys.exit("round_memory.py measures GPU memory and needs a CUDA GPU; on a CPU, "
-                 "`python bench/saved_memory.py` counts each arm's and XGBLoRA's per-round activation memory.")
+        sys.exit(
+            "round_memory.py measures GPU memory and needs a CUDA GPU; on a CPU, "
+            "`python bench/saved_memory.py` counts each arm's and XGBLoRA's per-round activation memory."
+        )
     transformers.logging.set_verbosity_error()
     SETTINGS["dtype"] = DTYPES[args.dtype]
     if args.model == "random-1b":
@@ -125,22 +159,37 @@ def main() -> None:
     else:
         model_dir = Path(args.model)
     count = (args.rounds * args.steps_per_round + 1) * args.batch
-    batches = [{"input_ids": row, "labels": row.clone()} for row in torch.randint(
-        RANDOM_VOCAB, (count, args.length), generator=torch.Generator().manual_seed(0))]
+    batches = [
+        {"input_ids": row, "labels": row.clone()}
+        for row in torch.randint(RANDOM_VOCAB, (count, args.length), generator=torch.Generator().manual_seed(0))
+    ]
 
     runs = []
     boosts = {}
     for setting in args.merge_residual:  # all checked before the first (long) run
         policy, _, dtype = setting.partition(":")
-        boosts[setting] = BoostConfig(method=args.method, steps_per_round=args.steps_per_round, rounds=args.rounds + 1,
-                                      merge_residual=policy, merge_residual_dtype=dtype or "float32")
+        boosts[setting] = BoostConfig(
+            method=args.method,
+            steps_per_round=args.steps_per_round,
+            rounds=args.rounds + 1,
+            merge_residual=policy,
+            merge_residual_dtype=dtype or "float32",
+        )
     for setting, boost in boosts.items():
         print(f"round_memory: {args.method}, merge_residual={setting}", file=sys.stderr, flush=True)
-        runs.append({"merge_residual": setting, **by_round(args.method, boost, model_dir, batches, args.batch, args.rounds)})
-    result = {"date": datetime.date.today().isoformat(),
-              "command": "python bench/round_memory.py " + " ".join(sys.argv[1:]),
-              "machine": torch.cuda.get_device_name(), "model": str(model_dir), "dtype": args.dtype,
-              "method": args.method, "batch": [args.batch, args.length], "runs": runs}
+        runs.append(
+            {"merge_residual": setting, **by_round(args.method, boost, model_dir, batches, args.batch, args.rounds)}
+        )
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python bench/round_memory.py " + " ".join(sys.argv[1:]),
+        "machine": torch.cuda.get_device_name(),
+        "model": str(model_dir),
+        "dtype": args.dtype,
+        "method": args.method,
+        "batch": [args.batch, args.length],
+        "runs": runs,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -150,12 +199,16 @@ def main() -> None:
     print("| round | blocks | " + " | ".join(f"peak / held at end ({r['merge_residual']})" for r in runs) + " |")
     print("|---|---|" + "---|" * len(runs))
     for index, row in enumerate(runs[0]["rows"]):
-        cells = [f"{r['rows'][index]['peak_bytes'] / gib:.2f} / {r['rows'][index]['held_at_end_bytes'] / gib:.2f} GiB"
-                 for r in runs]
+        cells = [
+            f"{r['rows'][index]['peak_bytes'] / gib:.2f} / {r['rows'][index]['held_at_end_bytes'] / gib:.2f} GiB"
+            for r in runs
+        ]
         print(f"| {index} | {','.join(row['blocks'])} | " + " | ".join(cells) + " |")
     for r in runs:
-        print(f"merge_residual={r['merge_residual']}: {r['residual_weights_at_end']} residual weights, "
-              f"{r['residual_bytes_at_end'] / gib:.2f} GiB at the end")
+        print(
+            f"merge_residual={r['merge_residual']}: {r['residual_weights_at_end']} residual weights, "
+            f"{r['residual_bytes_at_end'] / gib:.2f} GiB at the end"
+        )
     print(f"results: {out}, figure: {out.with_suffix('.png')}")
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 import transformers
-
-from loraboost import Booster, BoostConfig
-from loraboost.run import model_folder
 from speed import ARMS, DTYPES, SETTINGS, build, real_batches
+
+from loraboost import BoostConfig, Booster
+from loraboost.models import model_folder
 
 
 def saved_for_backward_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
@@ -67,8 +67,13 @@ def xgblora_by_round(model_dir: Path, batch: dict[str, torch.Tensor], rounds: in
     optimizer = torch.optim.AdamW(booster.parameters(), lr=1e-4)
     rows = []
     for _ in range(rounds):
-        rows.append({"round": booster.round, "lowest_block": lowest_block(booster),
-                     "saved_bytes": saved_for_backward_bytes(booster.model, batch)})
+        rows.append(
+            {
+                "round": booster.round,
+                "lowest_block": lowest_block(booster),
+                "saved_bytes": saved_for_backward_bytes(booster.model, batch),
+            }
+        )
         optimizer.step()
         booster.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -95,16 +100,26 @@ def main() -> None:
     for arm in ARMS:
         print(f"saved_memory: {arm}", file=sys.stderr, flush=True)
         model, _ = build(arm, model_dir)
-        rows.append({"arm": arm, "saved_bytes": saved_for_backward_bytes(model, batch),
-                     "trainable_state_bytes": trainable_state_bytes(model)})
+        rows.append(
+            {
+                "arm": arm,
+                "saved_bytes": saved_for_backward_bytes(model, batch),
+                "trainable_state_bytes": trainable_state_bytes(model),
+            }
+        )
         del model
     print("saved_memory: xgblora by round", file=sys.stderr, flush=True)
     by_round = xgblora_by_round(model_dir, batch, args.rounds)
-    result = {"date": datetime.date.today().isoformat(),
-              "command": "python bench/saved_memory.py " + " ".join(sys.argv[1:]),
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-              "model": str(model_dir), "dtype": args.dtype, "batch": [args.batch, args.length],
-              "rows": rows, "xgblora_by_round": by_round}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python bench/saved_memory.py " + " ".join(sys.argv[1:]),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "model": str(model_dir),
+        "dtype": args.dtype,
+        "batch": [args.batch, args.length],
+        "rows": rows,
+        "xgblora_by_round": by_round,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -114,8 +129,10 @@ def main() -> None:
     print("| arm | saved for backward | trainable state (params, grads, Adam) | sum vs PEFT LoRA |\n|---|---|---|---|")
     for r in rows:
         total = r["saved_bytes"] + r["trainable_state_bytes"]
-        print(f"| {r['arm']} | {r['saved_bytes'] / mib:.1f} MiB | {r['trainable_state_bytes'] / mib:.2f} MiB | "
-              f"{total / (anchor['saved_bytes'] + anchor['trainable_state_bytes']):.3f} |")
+        print(
+            f"| {r['arm']} | {r['saved_bytes'] / mib:.1f} MiB | {r['trainable_state_bytes'] / mib:.2f} MiB | "
+            f"{total / (anchor['saved_bytes'] + anchor['trainable_state_bytes']):.3f} |"
+        )
     print("\n| xgblora round | lowest block | saved for backward |\n|---|---|---|")
     for r in by_round:
         print(f"| {r['round']} | {r['lowest_block']} | {r['saved_bytes'] / mib:.1f} MiB |")

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import torch
 import transformers
-
-from loraboost import Booster, BoostCallback, BoostConfig
 from review_text import review_token_rows
+
+from loraboost import BoostCallback, BoostConfig, Booster
 
 ARMS = ("peft-lora", "lora", "xgblora", "cola", "peft-lora-r1-all", "floor")
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
@@ -64,9 +64,17 @@ def random_llama(folder: Path) -> Path:
     1.08 B parameters) with random weights: step time does not depend on the weights' values, and no model
     hub is reachable from the benchmark machines. Its batches are random token ids (see main)."""
     if not (folder / "config.json").exists():
-        config = transformers.LlamaConfig(vocab_size=RANDOM_VOCAB, hidden_size=2048, intermediate_size=8192,
-                                          num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                                          max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500000.0)
+        config = transformers.LlamaConfig(
+            vocab_size=RANDOM_VOCAB,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+        )
         torch.manual_seed(0)
         transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     return folder
@@ -84,7 +92,9 @@ def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
         config = peft.LoraConfig(r=1, lora_alpha=2, target_modules="all-linear", lora_dropout=0.0)
         return peft.get_peft_model(model, config), None
     if arm == "floor":  # the lowest block only: the backward pass still runs through every block above it
-        config = peft.LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0)
+        config = peft.LoraConfig(
+            r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0
+        )
         return peft.get_peft_model(model, config), None
     booster = Booster(model, boost or BoostConfig(method=arm))
     return booster.model, booster
@@ -130,8 +140,15 @@ class TimedBoostCallback(BoostCallback):
         (self.change_seconds if self.booster.round != round_before else self.plain_seconds).append(seconds)
 
 
-def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost: BoostConfig | None = None,
-              watchers: tuple[transformers.TrainerCallback, ...] = ()):
+def train_arm(
+    arm: str,
+    model_dir: Path,
+    batches,
+    steps: int,
+    batch: int,
+    boost: BoostConfig | None = None,
+    watchers: tuple[transformers.TrainerCallback, ...] = (),
+):
     """Train ``arm`` for one warm-up step plus ``steps`` timed steps under the Trainer, with ``watchers``
     as extra callbacks; returns the step clock and the boost callback (None for the plain PEFT arms)."""
     model, booster = build(arm, model_dir, boost)
@@ -139,10 +156,19 @@ def train_arm(arm: str, model_dir: Path, batches, steps: int, batch: int, boost:
         reset_peak_rss()  # loading the model peaks higher than training at this size; measure training alone
     clock, boost_callback = StepClock(), TimedBoostCallback(booster) if booster is not None else None
     args = transformers.TrainingArguments(
-        output_dir="/tmp/loraboost-speed", max_steps=steps + 1, per_device_train_batch_size=batch, learning_rate=1e-4,
-        lr_scheduler_type="constant", logging_strategy="no", save_strategy="no", report_to=[],
-        use_cpu=not torch.cuda.is_available(), bf16=SETTINGS["dtype"] == torch.bfloat16,
-        dataloader_drop_last=True, disable_tqdm=True, seed=0,
+        output_dir="/tmp/loraboost-speed",
+        max_steps=steps + 1,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=SETTINGS["dtype"] == torch.bfloat16,
+        dataloader_drop_last=True,
+        disable_tqdm=True,
+        seed=0,
     )
     # The clock after the boost work, so that it sees it.
     callbacks = ([boost_callback] if boost_callback else []) + [clock, *watchers]
@@ -171,8 +197,20 @@ def peak_rss() -> int:
 def peak_memory(arm: str, args) -> int:
     """Peak resident bytes while training ``arm`` a few steps, in a fresh process with its peak mark reset
     after the model is loaded (CPU)."""
-    command = [sys.executable, __file__, "--memory-of", arm, "--model", args.model, "--batch", str(args.batch),
-               "--length", str(args.length), "--dtype", args.dtype]
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-of",
+        arm,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+        "--dtype",
+        args.dtype,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1])
 
@@ -203,8 +241,10 @@ def profile(arm: str, model_dir: Path, batches, batch: int, steps: int = 5) -> N
     prof = torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
     clock = train_arm(arm, model_dir, batches, steps, batch, watchers=(ProfiledSteps(prof),))[0]
     events = prof.key_averages()
-    summary = f"{arm}: {statistics.fmean(clock.step_seconds) * 1e3:.1f} ms per step (wall, under the profiler), " \
-              f"{sum(e.self_cpu_time_total for e in events) / 1e3 / steps:.1f} ms own CPU time of operators"
+    summary = (
+        f"{arm}: {statistics.fmean(clock.step_seconds) * 1e3:.1f} ms per step (wall, under the profiler), "
+        f"{sum(e.self_cpu_time_total for e in events) / 1e3 / steps:.1f} ms own CPU time of operators"
+    )
     if gpu:
         # Kernels are events of their own; the operators that launch them carry the same time again.
         kernels = sum(e.self_device_time_total for e in events if e.device_type != torch.autograd.DeviceType.CPU)
@@ -215,15 +255,22 @@ def profile(arm: str, model_dir: Path, batches, batch: int, steps: int = 5) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default",
-                        help="embedded model name, a local causal-LM folder, or 'random-1b' (Llama-3.2-1B shape, random weights)")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="embedded model name, a local causal-LM folder, or 'random-1b' (Llama-3.2-1B shape, random weights)",
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' dtype (bf16 also autocasts)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per arm and repetition")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions; arms are interleaved within each")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--kappa-probe-steps", type=int, default=8,
-                        help="steps of the XGBLoRA run with kappa=2 that times round changes")
+    parser.add_argument(
+        "--kappa-probe-steps",
+        type=int,
+        default=8,
+        help="steps of the XGBLoRA run with kappa=2 that times round changes",
+    )
     parser.add_argument("--profile", choices=ARMS, nargs="+", help="profile these arms instead of the comparison")
     parser.add_argument("--memory-only", action="store_true", help="only each arm's peak memory while training")
     parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
@@ -237,7 +284,7 @@ def main() -> None:
         ids = torch.randint(RANDOM_VOCAB, (count * args.batch, args.length), generator=torch.Generator().manual_seed(0))
         batches = [{"input_ids": row, "labels": row.clone()} for row in ids]
     else:
-        from loraboost.run import model_folder  # here: it imports `datasets`, which the random model never needs
+        from loraboost.models import model_folder  # here: it imports `datasets`, which the random model never needs
 
         model_dir = model_folder(args.model)
         batches = real_batches(transformers.AutoTokenizer.from_pretrained(model_dir), count, args.batch, args.length)
@@ -271,8 +318,14 @@ def main() -> None:
 
     # Round changes: XGBLoRA's default config with kappa=2, so that several changes fall in a short run.
     default_kappa = BoostConfig(method="xgblora").steps_per_round
-    _, probe = train_arm("xgblora", model_dir, batches, args.kappa_probe_steps, args.batch,
-                         boost=BoostConfig(method="xgblora", steps_per_round=2))
+    _, probe = train_arm(
+        "xgblora",
+        model_dir,
+        batches,
+        args.kappa_probe_steps,
+        args.batch,
+        boost=BoostConfig(method="xgblora", steps_per_round=2),
+    )
     change = statistics.fmean(probe.change_seconds)
     plain = statistics.fmean(probe.plain_seconds)
     share = change / (default_kappa * median["xgblora"])
@@ -286,36 +339,64 @@ def main() -> None:
         ratio = median[arm] / anchor
         ratio_by_repeat = [t / a for t, a in zip(repeat_medians[arm], repeat_medians["peft-lora"])]
         goal = GOALS.get(arm)
-        rows.append({
-            "arm": arm, "median_step_seconds": median[arm], "steps_timed": len(times[arm]),
-            "step_seconds": times[arm], "ratio_to_peft_lora": ratio, "ratio_by_repeat": ratio_by_repeat,
-            "ratio_to_floor": median[arm] / median["floor"],
-            "goal": goal, "meets_goal": None if goal is None else ratio <= goal,
-            "peak_memory_bytes": memory[arm], "peak_memory_over_peft_lora": memory[arm] / memory["peft-lora"],
-        })
+        rows.append(
+            {
+                "arm": arm,
+                "median_step_seconds": median[arm],
+                "steps_timed": len(times[arm]),
+                "step_seconds": times[arm],
+                "ratio_to_peft_lora": ratio,
+                "ratio_by_repeat": ratio_by_repeat,
+                "ratio_to_floor": median[arm] / median["floor"],
+                "goal": goal,
+                "meets_goal": None if goal is None else ratio <= goal,
+                "peak_memory_bytes": memory[arm],
+                "peak_memory_over_peft_lora": memory[arm] / memory["peft-lora"],
+            }
+        )
     result = {
-        "date": datetime.date.today().isoformat(), "command": "python bench/speed.py " + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "command": "python bench/speed.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": __import__("peft").__version__},
-        "model": str(model_dir), "dtype": args.dtype, "batch": [args.batch, args.length], "memory_kind": memory_kind,
+        f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": __import__("peft").__version__,
+        },
+        "model": str(model_dir),
+        "dtype": args.dtype,
+        "batch": [args.batch, args.length],
+        "memory_kind": memory_kind,
         "rows": rows,
-        "round_change": {"kappa": default_kappa, "mean_change_seconds": change, "mean_plain_step_end_seconds": plain,
-                         "changes_timed": len(probe.change_seconds), "share_of_training_at_default_kappa": share},
+        "round_change": {
+            "kappa": default_kappa,
+            "mean_change_seconds": change,
+            "mean_plain_step_end_seconds": plain,
+            "changes_timed": len(probe.change_seconds),
+            "share_of_training_at_default_kappa": share,
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"| arm | median step | vs PEFT LoRA (per repetition) | goal | vs floor | {memory_kind} | memory vs PEFT LoRA |\n"
-          "|---|---|---|---|---|---|---|")
+    print(
+        "| arm | median step | vs PEFT LoRA (per repetition) | goal | vs floor | "
+        f"{memory_kind} | memory vs PEFT LoRA |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         goal = "-" if r["goal"] is None else f"<= {r['goal']:.2f} ({'met' if r['meets_goal'] else 'missed'})"
         spread = ", ".join(f"{x:.3f}" for x in r["ratio_by_repeat"])
-        print(f"| {r['arm']} | {r['median_step_seconds']:.3f} s | {r['ratio_to_peft_lora']:.3f} ({spread}) | {goal} | "
-              f"{r['ratio_to_floor']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['peak_memory_over_peft_lora']:.3f} |")
-    print(f"\nXGBLoRA round change: {change * 1e3:.1f} ms (mean of {len(probe.change_seconds)}); step-end work "
-          f"without a change {plain * 1e6:.0f} us; at kappa={default_kappa}: {share:.3%} of training time.")
+        print(
+            f"| {r['arm']} | {r['median_step_seconds']:.3f} s | {r['ratio_to_peft_lora']:.3f} ({spread}) | {goal} | "
+            f"{r['ratio_to_floor']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} GiB | "
+            f"{r['peak_memory_over_peft_lora']:.3f} |"
+        )
+    print(
+        f"\nXGBLoRA round change: {change * 1e3:.1f} ms (mean of {len(probe.change_seconds)}); step-end work "
+        f"without a change {plain * 1e6:.0f} us; at kappa={default_kappa}: {share:.3%} of training time."
+    )
     print(f"results: {out}")
 
 

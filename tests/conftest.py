@@ -13,23 +13,46 @@ VOCAB = 64
 
 def tiny_llama(seed: int = 0, layers: int = 6, hidden: int = 32) -> transformers.PreTrainedModel:
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return transformers.LlamaForCausalLM(cfg)
 
 
 def tiny_gpt2(seed: int = 0, layers: int = 4) -> transformers.PreTrainedModel:
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=layers,
+        n_head=4,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return transformers.GPT2LMHeadModel(cfg)
 
 
 def tiny_bert(seed: int = 0, layers: int = 3) -> transformers.PreTrainedModel:
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                  num_attention_heads=4, max_position_embeddings=64, num_labels=3,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return transformers.BertForSequenceClassification(cfg)
 
 
@@ -83,9 +106,16 @@ def tiny_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -94,13 +124,33 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reviews_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    rows = ["text,label"] + [f"a {WORDS[label][i % 4]} film number {i},{label}"
-                             for i in range(40) for label in ("good", "bad")]
+    rows = ["text,label"] + [
+        f"a {WORDS[label][i % 4]} film number {i},{label}" for i in range(40) for label in ("good", "bad")
+    ]
     path.write_text("\n".join(rows) + "\n")
     return path
 
 
 def train_args(model, data, out, *extra):
-    return ["train", "--model", str(model), "--data", str(data), "--output", str(out), "--train-size", "32",
-            "--test-size", "16", "--batch-size", "8", "--max-steps", "6", "--save-steps", "3",
-            "--learning-rate", "0.01", *extra]
+    return [
+        "train",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--train-size",
+        "32",
+        "--test-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "6",
+        "--save-steps",
+        "3",
+        "--learning-rate",
+        "0.01",
+        *extra,
+    ]

@@ -2,9 +2,9 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT
 
-MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpointing (gradient checkpointing with the settings that
-BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds (round_init and layer_selection
-"gradient"), whose sketches are summed over the ranks.
+MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpointing (gradient checkpointing with the
+settings that BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds (round_init and
+layer_selection "gradient"), whose sketches are summed over the ranks.
 """
 
 import os
@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import transformers
-from torch.nn.parallel import DistributedDataParallel
-
 from conftest import batches, tiny_llama
 from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
-from loraboost import BoostCallback, Booster, BoostConfig
+from loraboost import BoostCallback, BoostConfig, Booster
 from loraboost.merge import full_tensor
 
 STEPS, GLOBAL_BATCH = 10, 4
@@ -36,26 +35,40 @@ def global_batches():
 
 
 def outcome(booster):
-    return {"weights": {s.name: full_tensor(s.base_weight.detach()).clone() for s in booster.slots},
-            "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
-            "plan": [booster.layers_of(r) for r in range(booster.round + 1)],
-            "position": (booster.global_step, booster.round)}
+    return {
+        "weights": {s.name: full_tensor(s.base_weight.detach()).clone() for s in booster.slots},
+        "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
+        "plan": [booster.layers_of(r) for r in range(booster.round + 1)],
+        "position": (booster.global_step, booster.round),
+    }
 
 
-CHECKPOINTING = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
-                     ddp_find_unused_parameters=True)
+CHECKPOINTING = dict(
+    gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=True
+)
 
 
 def trained_by_trainer(out: Path, per_device_batch: int, checkpointing: bool = False):
     booster = Booster(tiny_llama(seed=0), BoostConfig(**CONFIG))
     extra = CHECKPOINTING if checkpointing else {}
     args = transformers.TrainingArguments(
-        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=per_device_batch,
-        learning_rate=1e-2, lr_scheduler_type="constant", report_to=[], save_strategy="no",
-        logging_steps=1000, use_cpu=True, disable_tqdm=True, seed=0,
-        ddp_backend="gloo" if "RANK" in os.environ else None, **extra)
-    transformers.Trainer(model=booster.model, args=args, train_dataset=Rows(),
-                         callbacks=[BoostCallback(booster)]).train()
+        output_dir=str(out),
+        max_steps=STEPS,
+        per_device_train_batch_size=per_device_batch,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        ddp_backend="gloo" if "RANK" in os.environ else None,
+        **extra,
+    )
+    transformers.Trainer(
+        model=booster.model, args=args, train_dataset=Rows(), callbacks=[BoostCallback(booster)]
+    ).train()
     return booster
 
 
@@ -102,7 +115,7 @@ def main(mode: str, out: Path) -> None:
         opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
         share = GLOBAL_BATCH // world
         for batch in global_batches():
-            local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+            local = {k: v[rank * share : (rank + 1) * share] for k, v in batch.items()}
             model(**local).loss.backward()
             opt.step()
             opt.zero_grad()

@@ -15,7 +15,6 @@ import signal
 import sys
 
 import loraboost.checkpoint
-import loraboost.export
 import loraboost.run
 from loraboost.booster import Booster
 from loraboost.cli import main
@@ -40,7 +39,7 @@ def kill_on(owner, name, n, only=lambda *a, **k: True, after=False):
 
 
 def install(where: str, n: int) -> None:
-    trainer = loraboost.run._TaskTrainer
+    trainer = loraboost.run.TaskTrainer
     if where == "step":
         kill_on(trainer, "training_step", n, after=True)
     elif where == "merge":
@@ -51,7 +50,7 @@ def install(where: str, n: int) -> None:
     elif where == "state":
         kill_on(loraboost.checkpoint, "save_file", n, after=True)
     elif where == "final":
-        kill_on(loraboost.export, "save_adapter", n)
+        kill_on(Booster, "save_adapter", n)
     else:
         raise SystemExit(f"unknown kill point {where!r}")
 

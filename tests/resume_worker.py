@@ -1,7 +1,7 @@
 """Runs one half of a resume test in a fresh process (see test_resume.py).
 
-    python resume_worker.py loop    FOLDER   # load FOLDER/state + optimizer, train the second half
-    python resume_worker.py trainer FOLDER   # Trainer.train(resume_from_checkpoint=FOLDER/run/checkpoint-5)
+python resume_worker.py loop    FOLDER   # load FOLDER/state + optimizer, train the second half
+python resume_worker.py trainer FOLDER   # Trainer.train(resume_from_checkpoint=FOLDER/run/checkpoint-5)
 """
 
 import sys
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 import transformers
-
 from conftest import batches, tiny_llama
-from loraboost import BoostCallback, Booster, BoostConfig
+
+from loraboost import BoostCallback, BoostConfig, Booster
 
 STEPS, HALF = 10, 5  # rounds of 2 steps: the stop falls in the middle of a round
 CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
@@ -32,10 +32,12 @@ def train_loop(booster, opt, data):
 
 def outcome(booster):
     """Everything that must be identical: base weights, live factors, ledger, position."""
-    return {"weights": {s.name: s.base_weight.detach().clone() for s in booster.slots},
-            "live": {s.name: (s.A.detach().clone(), s.B.detach().clone()) for s in booster.slots},
-            "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
-            "position": (booster.global_step, booster.round)}
+    return {
+        "weights": {s.name: s.base_weight.detach().clone() for s in booster.slots},
+        "live": {s.name: (s.A.detach().clone(), s.B.detach().clone()) for s in booster.slots},
+        "ledger": [(e.round, e.module, e.scale, e.A, e.B) for e in booster.ledger],
+        "position": (booster.global_step, booster.round),
+    }
 
 
 class Rows(torch.utils.data.Dataset):
@@ -51,11 +53,21 @@ class Rows(torch.utils.data.Dataset):
 
 def trainer(booster, folder):
     args = transformers.TrainingArguments(
-        output_dir=str(folder), max_steps=STEPS, save_strategy="steps", save_steps=HALF,
-        per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], logging_steps=1000,
-        use_cpu=True, disable_tqdm=True, seed=0)
-    return transformers.Trainer(model=booster.model, args=args, train_dataset=Rows(),
-                                callbacks=[BoostCallback(booster)])
+        output_dir=str(folder),
+        max_steps=STEPS,
+        save_strategy="steps",
+        save_steps=HALF,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        logging_steps=1000,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return transformers.Trainer(
+        model=booster.model, args=args, train_dataset=Rows(), callbacks=[BoostCallback(booster)]
+    )
 
 
 if __name__ == "__main__":

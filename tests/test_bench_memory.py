@@ -42,8 +42,14 @@ def test_trainable_state_counts_gradient_and_moments_only_where_a_gradient_arriv
 
 
 def tiny_llama_with_adapter_on(layer: int):
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     lora = peft.LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[layer], lora_dropout=0.0)
     return peft.get_peft_model(transformers.LlamaForCausalLM(config), lora)

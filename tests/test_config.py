@@ -26,26 +26,29 @@ def test_round_trip_through_dict():
         assert BoostConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("method", "adalora", "method='adalora'"),
-    ("rank", 0, "rank=0"),
-    ("rank", 2.5, "rank=2.5"),
-    ("alpha", -1, "alpha=-1"),
-    ("layers_per_round", 0, "layers_per_round=0"),
-    ("layers_per_round", 1.5, "layers_per_round=1.5"),
-    ("layers_per_round", True, "layers_per_round=True"),
-    ("steps_per_round", 0, "steps_per_round=0"),
-    ("merge_scale", 0, "merge_scale=0"),
-    ("norm_penalty", -0.1, "norm_penalty=-0.1"),
-    ("merge_residual_dtype", "float16", "merge_residual_dtype='float16'"),
-    ("optimizer_reset", "zero", "optimizer_reset='zero'"),
-    ("prune_ratio", 1.0, "prune_ratio=1.0"),
-    ("lr_schedule", "cyclic", "lr_schedule='cyclic'"),
-    ("round_warmup_steps", -1, "round_warmup_steps=-1"),
-    ("frozen_factor", "C", "frozen_factor='C'"),
-    ("target_modules", [], "target_modules=[]"),
-    ("seed", -1, "seed=-1"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("method", "adalora", "method='adalora'"),
+        ("rank", 0, "rank=0"),
+        ("rank", 2.5, "rank=2.5"),
+        ("alpha", -1, "alpha=-1"),
+        ("layers_per_round", 0, "layers_per_round=0"),
+        ("layers_per_round", 1.5, "layers_per_round=1.5"),
+        ("layers_per_round", True, "layers_per_round=True"),
+        ("steps_per_round", 0, "steps_per_round=0"),
+        ("merge_scale", 0, "merge_scale=0"),
+        ("norm_penalty", -0.1, "norm_penalty=-0.1"),
+        ("merge_residual_dtype", "float16", "merge_residual_dtype='float16'"),
+        ("optimizer_reset", "zero", "optimizer_reset='zero'"),
+        ("prune_ratio", 1.0, "prune_ratio=1.0"),
+        ("lr_schedule", "cyclic", "lr_schedule='cyclic'"),
+        ("round_warmup_steps", -1, "round_warmup_steps=-1"),
+        ("frozen_factor", "C", "frozen_factor='C'"),
+        ("target_modules", [], "target_modules=[]"),
+        ("seed", -1, "seed=-1"),
+    ],
+)
 def test_bad_values_name_the_field_and_value(field, value, words):
     with pytest.raises(ValueError) as info:
         BoostConfig(**{field: value})

@@ -40,6 +40,23 @@ def test_a_missing_or_corrupt_embedded_file_names_the_package_to_reinstall(tmp_p
         load_data("trec-fine")
 
 
+def test_word_valence_is_every_rated_word_in_three_equal_thirds():
+    data = load_data("word-valence")
+    assert len(data) == 13915 and "null" in data["text"]  # words a type-guessing reader would turn into NaN
+    counts = {label: data["label"].count(label) for label in ("negative", "neutral", "positive")}
+    assert all(abs(count - len(data) / 3) < 100 for count in counts.values()), counts
+
+
+def test_movie_dialog_is_prompt_response_pairs_for_sft():
+    data = load_data("movie-dialog")
+    assert data.column_names == ["prompt", "response"] and len(data) > 64000
+    assert data[0] == {
+        "prompt": "you're asking me out. that's so cute. what's your name again?",
+        "response": "forget it.",
+    }
+    assert EMBEDDED["movie-dialog"].task == "sft"
+
+
 def test_movie_reviews_default_is_binary_and_balanced_enough():
     data = load_data("default")
     assert set(data["label"]) == {0, 1} and len(data) > 8000
@@ -49,7 +66,9 @@ def test_movie_reviews_default_is_binary_and_balanced_enough():
 def test_embedded_label_words_are_one_token_each_and_match_the_classes():
     tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
     for name, task in EMBEDDED.items():
-        if task.label_words is None:  # classified by an encoder's head only (refused for a causal LM)
+        if (
+            task.label_words is None or task.task != "classify"
+        ):  # classified by an encoder's head only (refused for a causal LM)
             continue
         classes = sorted(set(task.load()["label"]))
         assert len(task.label_words) == len(classes), name

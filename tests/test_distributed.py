@@ -5,25 +5,39 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-
-from ddp_worker import single_process
-from types import SimpleNamespace
-
 from conftest import tiny_llama
-from loraboost import Booster, BoostConfig
+from ddp_worker import single_process
+
+from loraboost import BoostConfig, Booster
 from loraboost.hf import ddp_problem, parallelism_problem
 
 HERE = Path(__file__).parent
 
 
 def run_two_ranks(mode: str, out: Path) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(HERE / "ddp_worker.py"), mode, str(out)], check=True, env=env, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "ddp_worker.py"),
+            mode,
+            str(out),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 

@@ -6,19 +6,22 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import MODELS, batches, train
 from peft import PeftModel
 
 import loraboost.export
-from conftest import MODELS, batches, train
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 
 RUNS = {  # each with merged rounds and a trained live booster
     "llama": dict(method="xgblora", steps_per_round=2, layers_per_round=2),
     "gpt2": dict(method="cola", rounds=3),
     "bert": dict(method="cola", rounds=3, modules_to_save=["classifier"]),
 }
-AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
-        "bert": transformers.AutoModelForSequenceClassification}
+AUTO = {
+    "llama": transformers.AutoModelForCausalLM,
+    "gpt2": transformers.AutoModelForCausalLM,
+    "bert": transformers.AutoModelForSequenceClassification,
+}
 
 
 def trained(arch, steps=7):

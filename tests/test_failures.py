@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import tiny_llama, train_args
 from safetensors.torch import load_file
 
-from conftest import tiny_llama, train_args
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 from loraboost.cli import main
 
 HERE = Path(__file__).parent
@@ -26,8 +26,11 @@ ROUNDS = ["--method", "xgblora", "--steps-per-round", "2", "--layers-per-round",
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +68,31 @@ def bad_new_run(case: str, tmp: Path, model: Path, data: Path):
         "single class": (args(data=write(tmp / "one.csv", "text,label\n" + "film,good\n" * 60)), "has a single class"),
         "empty split": (args("--test-size", "0"), "test_size=0 is not valid"),
         "split too large": (args("--train-size", "1000"), "need 1016 examples but the data set has 80"),
-        "not utf-8": (args(data=write(tmp / "latin1.csv", "text,label\ncaf\xe9,good\n".encode("latin-1"))), "not UTF-8"),
+        "not utf-8": (
+            args(data=write(tmp / "latin1.csv", "text,label\ncaf\xe9,good\n".encode("latin-1"))),
+            "not UTF-8",
+        ),
         "hub model": (args(model="HuggingFaceTB/SmolLM2-1.7B"), "no model hub is reachable offline"),
         "bad method": (args("--method", "boost"), "method='boost'"),
         "empty csv": (args(data=write(tmp / "empty.csv", "")), "is empty (0 bytes)"),
         "header-only csv": (args(data=write(tmp / "header.csv", "text,label\n")), "has no rows"),
-        "empty text labels": (args(data=write(tmp / "gaps.csv", "text,label\n" + labels + "film x,\n")),
-                              "label_column='label' is empty in 1 row"),
-        "empty numeric labels": (args(data=write(tmp / "gaps-numeric.csv", "text,label\n" + labels.replace("good", "1")
-                                                 .replace("bad", "0") + "film x,\n")), "is empty in 1 row"),
-        "malformed jsonl": (args(data=write(tmp / "bad.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label\n')),
-                            "line 2 is not valid JSON"),
+        "empty text labels": (
+            args(data=write(tmp / "gaps.csv", "text,label\n" + labels + "film x,\n")),
+            "label_column='label' is empty in 1 row",
+        ),
+        "empty numeric labels": (
+            args(
+                data=write(
+                    tmp / "gaps-numeric.csv",
+                    "text,label\n" + labels.replace("good", "1").replace("bad", "0") + "film x,\n",
+                )
+            ),
+            "is empty in 1 row",
+        ),
+        "malformed jsonl": (
+            args(data=write(tmp / "bad.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label\n')),
+            "line 2 is not valid JSON",
+        ),
         "output is a file": (train_args(model, data, write(tmp / "file.txt", "x")), "is a file, not a folder"),
         "output not writable": (train_args(model, data, "/proc/loraboost-run"), "cannot write into '/proc'"),
         "yaml list": (args("--config", str(write(tmp / "list.yaml", "- a\n- b\n"))), "holds a YAML list"),
@@ -93,11 +110,33 @@ def bad_new_run(case: str, tmp: Path, model: Path, data: Path):
     return cases[case]
 
 
-NEW_RUN_CASES = ["missing file", "missing column", "single class", "empty split", "split too large", "not utf-8",
-                 "hub model", "bad method", "empty csv", "header-only csv", "empty text labels",
-                 "empty numeric labels", "malformed jsonl", "output is a file", "output not writable", "yaml list",
-                 "yaml scalar", "yaml syntax", "empty model folder", "duplicate label words", "negative max steps",
-                 "zero max steps", "no matching targets", "too many layers", "resume nothing"]
+NEW_RUN_CASES = [
+    "missing file",
+    "missing column",
+    "single class",
+    "empty split",
+    "split too large",
+    "not utf-8",
+    "hub model",
+    "bad method",
+    "empty csv",
+    "header-only csv",
+    "empty text labels",
+    "empty numeric labels",
+    "malformed jsonl",
+    "output is a file",
+    "output not writable",
+    "yaml list",
+    "yaml scalar",
+    "yaml syntax",
+    "empty model folder",
+    "duplicate label words",
+    "negative max steps",
+    "zero max steps",
+    "no matching targets",
+    "too many layers",
+    "resume nothing",
+]
 
 
 def assert_one_sentence_error(code: int, err: str, words: str, command: str = "train") -> None:
@@ -124,32 +163,53 @@ def aimed_at_run(case: str, run: Path, model: Path, data: Path, tmp: Path):
     cases = {
         "resume with another rank": (train("--rank", "4", "--resume"), "train", "rank=4"),
         "resume with other targets": (train("--target-modules", "nomatch_proj", "--resume"), "train", "nomatch_proj"),
-        "overwrite with no matching targets": (train("--target-modules", "nomatch_proj", "--overwrite"), "train",
-                                               "nomatch_proj"),
-        "overwrite with too many layers": (train("--layers-per-round", "100", "--overwrite"), "train",
-                                           "layers_per_round=100"),
+        "overwrite with no matching targets": (
+            train("--target-modules", "nomatch_proj", "--overwrite"),
+            "train",
+            "nomatch_proj",
+        ),
+        "overwrite with too many layers": (
+            train("--layers-per-round", "100", "--overwrite"),
+            "train",
+            "layers_per_round=100",
+        ),
         "overwrite with zero steps": (train("--max-steps", "0", "--overwrite"), "train", "max_steps=0"),
-        "overwrite with a missing data file": (train_args(model, tmp / "nope.csv", run, "--overwrite"), "train",
-                                               "does not exist"),
+        "overwrite with a missing data file": (
+            train_args(model, tmp / "nope.csv", run, "--overwrite"),
+            "train",
+            "does not exist",
+        ),
         "train again without a flag": (train(), "train", "already holds a run"),
         "export into the run": (["export", str(run), str(run)], "export", "--overwrite"),
         "export onto a file": (["export", str(run), str(write(tmp / "file.txt", "x"))], "export", "is a file"),
-        "export with rank to merged": (["export", str(run), str(tmp / "m"), "--to", "merged", "--rank", "2"], "export",
-                                       "--rank applies"),
+        "export with rank to merged": (
+            ["export", str(run), str(tmp / "m"), "--to", "merged", "--rank", "2"],
+            "export",
+            "--rank applies",
+        ),
     }
     return cases[case]
 
 
-TRAIN_AT_RUN = ["resume with another rank", "resume with other targets", "overwrite with no matching targets",
-                "overwrite with too many layers", "overwrite with zero steps", "overwrite with a missing data file",
-                "train again without a flag"]
+TRAIN_AT_RUN = [
+    "resume with another rank",
+    "resume with other targets",
+    "overwrite with no matching targets",
+    "overwrite with too many layers",
+    "overwrite with zero steps",
+    "overwrite with a missing data file",
+    "train again without a flag",
+]
 EXPORT_AT_RUN = ["export into the run", "export onto a file", "export with rank to merged"]  # finished runs only
 
 
-@pytest.mark.parametrize("case, state", [(c, s) for c in TRAIN_AT_RUN for s in ("finished", "unfinished")]
-                         + [(c, "finished") for c in EXPORT_AT_RUN])
-def test_a_failing_command_leaves_an_existing_run_byte_identical(case, state, finished_run, unfinished_run,
-                                                                 tiny_model, reviews_csv, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "case, state",
+    [(c, s) for c in TRAIN_AT_RUN for s in ("finished", "unfinished")] + [(c, "finished") for c in EXPORT_AT_RUN],
+)
+def test_a_failing_command_leaves_an_existing_run_byte_identical(
+    case, state, finished_run, unfinished_run, tiny_model, reviews_csv, tmp_path, capsys
+):
     run = finished_run if state == "finished" else unfinished_run
     argv, command, words = aimed_at_run(case, run, tiny_model, reviews_csv, tmp_path)
     if state == "finished" and case.startswith("resume"):
@@ -179,8 +239,9 @@ def test_eval_names_what_it_reads_and_refuses_a_truncated_adapter(finished_run, 
     assert main(["eval", str(run)]) == 0
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_is_finished(finished_run, tiny_model, reviews_csv, tmp_path,
-                                                                   monkeypatch, capsys):
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_finished(
+    finished_run, tiny_model, reviews_csv, tmp_path, monkeypatch, capsys
+):
     import loraboost.run as run_module
 
     run = tmp_path / "run"
@@ -192,14 +253,17 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_finished(finished_run,
             if state.global_step == 2:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    original = run_module._TaskTrainer.__init__
-    monkeypatch.setattr(run_module._TaskTrainer, "__init__",
-                        lambda self, *a, callbacks, **k: original(self, *a, callbacks=[*callbacks, CtrlCAtStep2()], **k))
+    original = run_module.TaskTrainer.__init__
+    monkeypatch.setattr(
+        run_module.TaskTrainer,
+        "__init__",
+        lambda self, *a, callbacks, **k: original(self, *a, callbacks=[*callbacks, CtrlCAtStep2()], **k),
+    )
     argv = train_args(tiny_model, reviews_csv, run, "--method", "cola", "--rounds", "3", "--overwrite")
     assert main(argv) == 130
     assert "the old run in" in capsys.readouterr().err
     assert checksums(run) == before  # interrupted: the old run is untouched
-    monkeypatch.setattr(run_module._TaskTrainer, "__init__", original)
+    monkeypatch.setattr(run_module.TaskTrainer, "__init__", original)
     assert main([*argv, "--resume"]) == 0  # the new run continues beside it, then replaces it
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "cola" and summary["steps"] == 6
@@ -228,18 +292,30 @@ def test_outputs_follow_the_umask_and_metrics_name_each_steps_own_round(finished
 
 def run_killed(where: str, n: int, argv: list[str]) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, str(HERE / "kill_worker.py"), where, str(n), "--", *argv], env=env,
-                          capture_output=True, text=True).returncode
+    return subprocess.run(
+        [sys.executable, str(HERE / "kill_worker.py"), where, str(n), "--", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).returncode
 
 
 def test_sigkill_anywhere_then_resume_ends_bit_identical(tiny_model, reviews_csv, tmp_path):
     """One run killed again and again at random points (seeded), each time resumed, against one never killed."""
-    argv = lambda run: train_args(tiny_model, reviews_csv, run, *ROUNDS, "--max-steps", "8",  # noqa: E731
-                                  "--save-steps", "2")
+
+    def argv(run):
+        return train_args(tiny_model, reviews_csv, run, *ROUNDS, "--max-steps", "8", "--save-steps", "2")
+
     assert main(argv(tmp_path / "straight")) == 0
     rng = random.Random(7)
-    kills = [("step", rng.randint(2, 4)), ("merge", 1), ("checkpoint", rng.randint(1, 2)), ("state", 1),
-             ("step", rng.randint(1, 2)), ("final", 1)]
+    kills = [
+        ("step", rng.randint(2, 4)),
+        ("merge", 1),
+        ("checkpoint", rng.randint(1, 2)),
+        ("state", 1),
+        ("step", rng.randint(1, 2)),
+        ("final", 1),
+    ]
     run = tmp_path / "killed"
     for i, (where, n) in enumerate(kills):
         code = run_killed(where, n, argv(run) + (["--resume"] if i else []))
@@ -250,8 +326,14 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(tiny_model, reviews_csv
     assert straight.keys() == killed.keys()
     assert all(torch.equal(straight[k], killed[k]) for k in straight)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 8 and summary["rounds_merged"] == json.loads(
-        (tmp_path / "straight" / "summary.json").read_text())["rounds_merged"]
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    assert (
+        summary["steps"] == 8
+        and summary["rounds_merged"]
+        == json.loads((tmp_path / "straight" / "summary.json").read_text())["rounds_merged"]
+    )
+    steps = [
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == list(range(1, 9))  # every step logged once, none repeated by a resume

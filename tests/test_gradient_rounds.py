@@ -4,18 +4,19 @@ blocks are picked by their gradient, and a checkpoint inside a sketched window r
 
 import pytest
 import torch
-
 from conftest import MODELS, batches, tiny_llama, train
-from loraboost import Booster, BoostConfig
+
+from loraboost import BoostConfig, Booster
 from loraboost.sketch import ModuleSketch
 
 
 def test_the_sketch_recovers_the_top_singular_pairs_of_a_low_rank_gradient():
     g = torch.Generator().manual_seed(0)
     x, delta = torch.randn(4, 40, generator=g), torch.randn(4, 24, generator=g)  # G = delta^T x has rank 4
-    k, l = 6, 13
-    sketch = ModuleSketch(torch.randn(40, k, generator=g), torch.randn(l, 24, generator=g),
-                          torch.zeros(24, k), torch.zeros(l, 40))
+    k, l = 6, 13  # noqa: E741  (the sketch sizes' names in the randomized-SVD literature)
+    sketch = ModuleSketch(
+        torch.randn(40, k, generator=g), torch.randn(l, 24, generator=g), torch.zeros(24, k), torch.zeros(l, 40)
+    )
     sketch.fold(x[:2], delta[:2])  # two micro-batches add up to the whole
     sketch.fold(x[2:], delta[2:])
     values, vectors = sketch.top(2)
@@ -42,8 +43,15 @@ def test_round_zero_starts_on_the_true_gradient_direction(arch):
     # 3 tokens: the gradient has rank <= 3, which the sketch (k = 5) recovers exactly.
     batch = batches(arch, 1, size=1, length=3)[0]
     true = true_weight_gradients(arch, batch)
-    booster = Booster(MODELS[arch](), BoostConfig(method="xgblora", layers_per_round=None, round_init="gradient",
-                                                  target_modules="all-linear" if arch != "bert" else ["query", "value"]))
+    booster = Booster(
+        MODELS[arch](),
+        BoostConfig(
+            method="xgblora",
+            layers_per_round=None,
+            round_init="gradient",
+            target_modules="all-linear" if arch != "bert" else ["query", "value"],
+        ),
+    )
     opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
     booster.model(**batch).loss.backward()
     opt.step()
@@ -57,7 +65,7 @@ def test_round_zero_starts_on_the_true_gradient_direction(arch):
         top = torch.linalg.svd(G.double())[2][0]
         A = slot.A.detach().double()[0]
         assert abs(float(A @ top)) / float(A.norm()) > 1 - 1e-4, slot.name
-        assert float(A.norm()) == pytest.approx(3 ** -0.5, rel=1e-5)
+        assert float(A.norm()) == pytest.approx(3**-0.5, rel=1e-5)
         assert not slot.B.detach().any()  # B = 0: the model's output is unchanged at the restart
         checked += 1
     assert checked == len(booster.slots)
@@ -65,9 +73,12 @@ def test_round_zero_starts_on_the_true_gradient_direction(arch):
 
 
 def test_idle_adapters_stay_idle_while_the_gradient_is_sketched():
-    booster = Booster(tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=1,
-                                                round_init="gradient", layer_selection="gradient"))
-    opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
+    booster = Booster(
+        tiny_llama(),
+        BoostConfig(
+            method="xgblora", steps_per_round=2, layers_per_round=1, round_init="gradient", layer_selection="gradient"
+        ),
+    )
     data = batches("llama", 2)
     booster.model(**data[0]).loss.backward()
     assert booster.sketcher.armed
@@ -80,8 +91,10 @@ def test_idle_adapters_stay_idle_while_the_gradient_is_sketched():
 
 
 def test_gradient_selection_picks_blocks_and_the_booster_follows_them():
-    booster = Booster(tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=2,
-                                                layer_selection="gradient", seed=4))
+    booster = Booster(
+        tiny_llama(),
+        BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=2, layer_selection="gradient", seed=4),
+    )
     train(booster, batches("llama", 8))
     assert sorted(booster.chosen_layers) == [1, 2, 3, 4]  # round 0 is the plan's draw
     layer_of = {s.name: s.layer for s in booster.slots}
@@ -91,8 +104,9 @@ def test_gradient_selection_picks_blocks_and_the_booster_follows_them():
 
 
 def test_a_block_with_a_large_gradient_gap_is_chosen():
-    booster = Booster(tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=1,
-                                                layer_selection="gradient"))
+    booster = Booster(
+        tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=1, layer_selection="gradient")
+    )
     gaps = {s.name: (torch.tensor([1e3 if s.layer == "model.layers.4" else 1e-3]), None) for s in booster.slots}
     assert all(booster._select_layers(gaps, r) == ("model.layers.4",) for r in range(1, 20))
 
@@ -103,8 +117,15 @@ def test_random_rounds_take_no_sketch():
 
 
 def test_a_checkpoint_inside_a_sketched_window_resumes_bit_for_bit(tmp_path):
-    config = BoostConfig(method="xgblora", steps_per_round=3, layers_per_round=2, round_init="gradient",
-                         layer_selection="gradient", sketch_steps=2, seed=2)
+    config = BoostConfig(
+        method="xgblora",
+        steps_per_round=3,
+        layers_per_round=2,
+        round_init="gradient",
+        layer_selection="gradient",
+        sketch_steps=2,
+        seed=2,
+    )
     data = batches("llama", 10)
 
     def fresh():
@@ -113,8 +134,9 @@ def test_a_checkpoint_inside_a_sketched_window_resumes_bit_for_bit(tmp_path):
 
     booster, opt = fresh()
     train(booster, data, optimizer=opt)
-    straight = {s.name: (s.base_weight.detach().clone(), s.A.detach().clone(), s.B.detach().clone())
-                for s in booster.slots}
+    straight = {
+        s.name: (s.base_weight.detach().clone(), s.A.detach().clone(), s.B.detach().clone()) for s in booster.slots
+    }
 
     booster, opt = fresh()
     train(booster, data[:5], optimizer=opt)  # round 1 is steps 4-6; its sketch holds step 5 of 2

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import transformers
+from conftest import base_weights, batches, tiny_llama
 from torch.utils.data import Dataset
 
-from conftest import base_weights, batches, tiny_llama
-from loraboost import BoostCallback, Booster, BoostConfig
+from loraboost import BoostCallback, BoostConfig, Booster
 
 
 class Rows(Dataset):
@@ -22,10 +22,21 @@ class Rows(Dataset):
 
 def trainer_for(booster, tmp_path, max_steps, callbacks=(), **args):
     arguments = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=1e-2,
-        report_to=[], save_strategy="no", logging_steps=1000, use_cpu=True, disable_tqdm=True, seed=0, **args)
-    return transformers.Trainer(model=booster.model, args=arguments, train_dataset=Rows(64),
-                                callbacks=[BoostCallback(booster), *callbacks])
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        **args,
+    )
+    return transformers.Trainer(
+        model=booster.model, args=arguments, train_dataset=Rows(64), callbacks=[BoostCallback(booster), *callbacks]
+    )
 
 
 class Snapshots(transformers.TrainerCallback):

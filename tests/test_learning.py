@@ -5,10 +5,10 @@ projection (KL between their next-token distributions on random tokens)."""
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_llama
 from torch import nn
 
-from conftest import VOCAB, tiny_llama
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 
 TARGETS = ["q_proj", "v_proj"]
 
@@ -21,7 +21,9 @@ def teacher() -> nn.Module:
         for name, module in model.named_modules():
             if name.endswith(tuple(TARGETS)):
                 out_f, in_f = module.weight.shape
-                module.weight += 0.5 * torch.randn(out_f, 8, generator=g) @ torch.randn(8, in_f, generator=g) / in_f**0.5
+                module.weight += (
+                    0.5 * torch.randn(out_f, 8, generator=g) @ torch.randn(8, in_f, generator=g) / in_f**0.5
+                )
     return model.eval()
 
 
@@ -61,6 +63,10 @@ def test_every_preset_lowers_the_loss(method, teacher):
 def test_xgblora_beats_a_single_rank1_lora_on_a_rank8_target(teacher):
     steps, lr = 120, 2e-2
     _, lora1 = distill(BoostConfig(method="lora", rank=1, target_modules=TARGETS), teacher, steps, lr)
-    _, xgb = distill(BoostConfig(method="xgblora", rank=1, target_modules=TARGETS, steps_per_round=10,
-                                 layers_per_round=None), teacher, steps, lr)
+    _, xgb = distill(
+        BoostConfig(method="xgblora", rank=1, target_modules=TARGETS, steps_per_round=10, layers_per_round=None),
+        teacher,
+        steps,
+        lr,
+    )
     assert xgb < 0.8 * lora1, (xgb, lora1)

@@ -1,11 +1,11 @@
 """Our `lora` preset against plain PEFT LoRA: same base, same initial factors, same data, same losses."""
 
 import torch
+from conftest import MODELS, batches
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from conftest import MODELS, batches
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 
 
 def test_lora_preset_matches_peft_lora_step_by_step(arch):

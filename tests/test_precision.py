@@ -2,17 +2,29 @@
 
 import pytest
 import torch
-
 from conftest import batches, tiny_llama
-from loraboost import Booster, BoostConfig
+
+from loraboost import BoostConfig, Booster
 from loraboost.export import merged_state_dict
 
 
-def bf16_booster(policy: str, rounds: int = 100, residual_dtype: str = "float32") -> tuple[Booster, dict[str, torch.Tensor]]:
+def bf16_booster(
+    policy: str, rounds: int = 100, residual_dtype: str = "float32"
+) -> tuple[Booster, dict[str, torch.Tensor]]:
     model = tiny_llama(layers=2).to(torch.bfloat16)
-    booster = Booster(model, BoostConfig(method="xgblora", rank=1, steps_per_round=1, layers_per_round=None,
-                                         target_modules=["q_proj", "v_proj"], merge_residual=policy,
-                                         merge_residual_dtype=residual_dtype, seed=1))
+    booster = Booster(
+        model,
+        BoostConfig(
+            method="xgblora",
+            rank=1,
+            steps_per_round=1,
+            layers_per_round=None,
+            target_modules=["q_proj", "v_proj"],
+            merge_residual=policy,
+            merge_residual_dtype=residual_dtype,
+            seed=1,
+        ),
+    )
     original = {s.name: s.base_weight.detach().double().clone() for s in booster.slots}
     # Steps small enough that each merge is ~1e-4 of the weights: the regime where bf16 rounds updates away.
     opt = torch.optim.AdamW(booster.parameters(), lr=2e-5)

@@ -4,10 +4,10 @@ in full precision beside them, and export and resume still reproduce the model e
 import pytest
 import torch
 import transformers
+from conftest import batches, tiny_llama, train
 from peft import PeftModel
 
-from conftest import batches, tiny_llama, train
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,9 @@ def saved_llama(tmp_path_factory):
 
 def four_bit(folder):
     quantization = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
-    return transformers.AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, dtype=torch.float32)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=quantization, dtype=torch.float32
+    )
 
 
 def logits(model):

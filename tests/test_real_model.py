@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from conftest import base_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import base_weights
-from loraboost import Booster, BoostConfig
+from loraboost import BoostConfig, Booster
 from loraboost.assets import default_model_dir
-from loraboost.run import RunOptions, prepare
+from loraboost.options import RunOptions
+from loraboost.run import prepare
 
 pytestmark = pytest.mark.real
 
@@ -51,8 +52,11 @@ def test_xgblora_on_smollm2_merges_exactly_and_keeps_outputs(model_dir):
         # element: the error must stay at that rounding level (relative to the weight, not the delta).
         eps = torch.finfo(torch.float32).eps
         assert (change - delta).norm() <= 2 * eps * slot.base_weight.detach().norm(), name
-    answer = tokenizer.decode(booster.model.generate(**tokenizer("The capital of France is", return_tensors="pt"),
-                                                     max_new_tokens=3, do_sample=False)[0])
+    answer = tokenizer.decode(
+        booster.model.generate(
+            **tokenizer("The capital of France is", return_tensors="pt"), max_new_tokens=3, do_sample=False
+        )[0]
+    )
     assert "Paris" in answer  # four tiny merges leave the model's knowledge intact
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import MODELS, batches, tiny_llama, train
+from resume_worker import HALF, STEPS, build, outcome, train_loop, trainer
 
 import loraboost.checkpoint
-from conftest import MODELS, batches, tiny_llama, train
-from loraboost import Booster, BoostConfig
-from resume_worker import HALF, STEPS, build, outcome, train_loop, trainer
+from loraboost import BoostConfig, Booster
 
 HERE = Path(__file__).parent
 
@@ -84,15 +84,25 @@ def test_state_of_another_architecture_is_refused(tmp_path):
 
 def test_state_of_another_shape_or_target_set_is_refused(tmp_path):
     path = saved_state(tmp_path)
-    wider = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64))
+    wider = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=64,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     with pytest.raises(ValueError, match=r"module 'model.layers.0.self_attn.q_proj' has shape \(48, 48\) here"):
         Booster(wider, BoostConfig(method="cola", rounds=2), total_steps=4).load_state(path)
     with pytest.raises(ValueError, match=r"'model.layers.4.self_attn.q_proj', which this booster does not target"):
         Booster(tiny_llama(layers=4), BoostConfig(method="cola", rounds=2), total_steps=4).load_state(path)
     with pytest.raises(ValueError, match="saved with target_modules=None, but this booster has target_modules="):
-        Booster(tiny_llama(), BoostConfig(method="cola", rounds=2, target_modules=["q_proj"]), total_steps=4).load_state(path)
+        Booster(
+            tiny_llama(), BoostConfig(method="cola", rounds=2, target_modules=["q_proj"]), total_steps=4
+        ).load_state(path)
 
 
 def test_truncated_state_is_refused_and_changes_nothing(tmp_path):

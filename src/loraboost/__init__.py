@@ -5,6 +5,6 @@ from .booster import Booster
 from .config import PRESETS, BoostConfig
 from .hf import BoostCallback
 from .ledger import Ledger, LedgerEntry
+from .version import __version__
 
-__all__ = ["BoostConfig", "Booster", "BoostCallback", "Ledger", "LedgerEntry", "PRESETS"]
-__version__ = "0.1.0"
+__all__ = ["PRESETS", "BoostCallback", "BoostConfig", "Booster", "Ledger", "LedgerEntry", "__version__"]

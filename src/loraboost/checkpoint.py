@@ -1,11 +1,11 @@
 """A Booster's resumable state (ledger, live boosters, position in the plan) as a state dict and as
-one safetensors file; loading validates everything first, then replays the merges bit for bit."""
+one safetensors file, and the checks a state must pass before a Booster replays it (Booster.load_state_dict)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -13,10 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_file
 from .config import BoostConfig
-from .merge import as_local_layout, full_tensor
-
-if TYPE_CHECKING:
-    from .booster import Booster
+from .merge import full_tensor
+from .slot import BoosterSurface
 
 STATE_FILE = "loraboost_state.safetensors"
 # 2: each module's shape is its (out, in), not its weight's storage shape (a Conv1D's is (in, out), and a
@@ -24,7 +22,7 @@ STATE_FILE = "loraboost_state.safetensors"
 FORMAT = 2
 
 
-def booster_state(booster: Booster) -> dict[str, Any]:
+def booster_state(booster: BoosterSurface) -> dict[str, Any]:
     """``{"meta": JSON-able dict, "tensors": flat dict}``: everything needed to resume.
 
     The plan draws each round's layers and initial factors from generators seeded by (seed, round),
@@ -57,41 +55,7 @@ def booster_state(booster: Booster) -> dict[str, Any]:
     return {"meta": meta, "tensors": tensors}
 
 
-def load_booster_state(booster: Booster, state: dict[str, Any]) -> None:
-    """Restore ``state`` into a fresh Booster built on the original base model (see Booster.load_state_dict)."""
-    meta, tensors = state["meta"], state["tensors"]
-    _check_compatible(booster, meta, tensors)
-    booster.ledger.load_state(meta["ledger"], tensors)
-    slots = {s.name: s for s in booster.slots}
-    with torch.no_grad():
-        # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
-        for entry in booster.ledger:
-            slot = slots[entry.module]
-            A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
-            booster._apply_merge(slot, A, B, entry.scale)
-        for name, param in extra_trainables(booster):
-            param.copy_(as_local_layout(tensors[f"trainable.{name}"], param))
-        for slot in booster.slots:
-            slot.A.copy_(as_local_layout(tensors[f"live.{slot.name}.A"], slot.A))
-            slot.B.copy_(as_local_layout(tensors[f"live.{slot.name}.B"], slot.B))
-    if meta["total_steps"] is not None:
-        booster.set_total_steps(meta["total_steps"])
-    booster.global_step = meta["global_step"]
-    booster.chosen_layers = {int(r): tuple(layers) for r, layers in meta.get("chosen_layers", {}).items()}
-    if booster.sketcher is not None:
-        # The test matrices follow from (seed, round); what the window folded in so far comes from the state.
-        booster.sketcher.stop()
-        booster._arm_sketcher()
-        for name, batches in meta.get("sketch_batches", {}).items():
-            sketch = booster.sketcher.sketches[name]
-            sketch.Y.copy_(tensors[f"sketch.{name}.Y"])
-            sketch.Z.copy_(tensors[f"sketch.{name}.Z"])
-            sketch.batches = batches
-    booster._freeze_factors()
-    booster._activate(booster.layers_of(booster.round))
-
-
-def save_state_file(booster: Booster, path: str | Path) -> Path:
+def save_state_file(booster: BoosterSurface, path: str | Path) -> Path:
     """Write the state to one safetensors file, atomically (a crash leaves the previous file intact)."""
     state = booster_state(booster)
     tensors = {k: v.contiguous() for k, v in state["tensors"].items()}
@@ -116,14 +80,16 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     return {"meta": meta, "tensors": tensors}
 
 
-def extra_trainables(booster: Booster) -> list[tuple[str, torch.nn.Parameter]]:
+def extra_trainables(booster: BoosterSurface) -> list[tuple[str, torch.nn.Parameter]]:
     """Trainable parameters that are not booster factors: ``modules_to_save`` copies such as a head."""
     factors = {id(p) for s in booster.slots for p in (s.A, s.B)}
     return [(n, p) for n, p in booster.model.named_parameters() if p.requires_grad and id(p) not in factors]
 
 
-def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Raise a ValueError naming the first mismatch; nothing is changed before every check passed."""
+def check_compatible(booster: BoosterSurface, state: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first way ``state`` does not fit this fresh booster (format, model,
+    config, modules, shapes); loading changes nothing before every check passed."""
+    meta, tensors = state["meta"], state["tensors"]
     if meta.get("format") != FORMAT:
         raise ValueError(f"state format {meta.get('format')!r} is not supported; this loraboost reads format {FORMAT}.")
     if booster.global_step != 0 or len(booster.ledger) != 0:
@@ -138,7 +104,9 @@ def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str,
     current = booster.config.to_dict()
     for field, value in saved.items():
         if current[field] != value:
-            raise ValueError(f"the state was saved with {field}={value!r}, but this booster has {field}={current[field]!r}.")
+            raise ValueError(
+                f"the state was saved with {field}={value!r}, but this booster has {field}={current[field]!r}."
+            )
     ours = {s.name: list(s.shape) for s in booster.slots}
     for name, shape in meta["modules"].items():
         if name not in ours:
@@ -151,11 +119,15 @@ def _check_compatible(booster: Booster, meta: dict[str, Any], tensors: dict[str,
     for name, param in extra_trainables(booster):
         saved_tensor = tensors.get(f"trainable.{name}")
         if saved_tensor is None or saved_tensor.shape != param.shape:
-            raise ValueError(f"the trained module parameter {name!r} is missing or misshapen in the state; "
-                             "it was saved with other modules_to_save or is truncated.")
+            raise ValueError(
+                f"the trained module parameter {name!r} is missing or misshapen in the state; "
+                "it was saved with other modules_to_save or is truncated."
+            )
     for slot in booster.slots:
         for factor, param in (("A", slot.A), ("B", slot.B)):
             saved_tensor = tensors.get(f"live.{slot.name}.{factor}")
             if saved_tensor is None or saved_tensor.shape != param.shape:
-                raise ValueError(f"the live factor {factor} of {slot.name!r} is missing or misshapen in the state; "
-                                 "the file is truncated or was written for another rank.")
+                raise ValueError(
+                    f"the live factor {factor} of {slot.name!r} is missing or misshapen in the state; "
+                    "the file is truncated or was written for another rank."
+                )

@@ -14,14 +14,18 @@ import yaml
 
 from .config import PRESETS, BoostConfig
 from .export import check_adapter_file
-from .run import STATE, RunOptions, load_run, prepare, train
+from .options import RunOptions
+from .run import load_run, prepare, train
+from .run_folder import STATE
 
 USAGE_ERROR = 2
 HELP = {
-    "model": "'default' (the embedded SmolLM2-135M-Instruct), 'minilm' (the embedded all-MiniLM-L6-v2) or a local model folder",
+    "model": "'default' (the embedded SmolLM2-135M-Instruct), 'minilm' (the embedded all-MiniLM-L6-v2) "
+    "or a local model folder",
     "data": "'default' (= 'movie-reviews', sentiment), 'trec' (question type, 6 classes), 'trec-fine' (50 classes; "
-            "an encoder such as minilm), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name",
-    "eval_steps": "score the validation split every N steps into metrics.jsonl (the learning curve); 0: only at the end",
+    "an encoder such as minilm), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name",
+    "eval_steps": "score the validation split every N steps into metrics.jsonl (the learning curve); "
+    "0: only at the end",
     "full_finetune": "train every weight of the model instead of boosters (a baseline; saves RUN/model)",
     "task": "classify (label words) or sft (prompt -> response)",
     "template": "prompt template with {text} (classify) or {prompt} (sft)",
@@ -60,8 +64,13 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, ski
         else:
             default = f.default if f.default is not dataclasses.MISSING else None
             shown = "" if repr(default).startswith("<") else f" (default: {default})"
-            group.add_argument(flag, type=parse_value, default=None, metavar="VALUE",
-                               help=(HELP.get(f.name) or f.name.replace("_", " ")) + shown)
+            group.add_argument(
+                flag,
+                type=parse_value,
+                default=None,
+                metavar="VALUE",
+                help=(HELP.get(f.name) or f.name.replace("_", " ")) + shown,
+            )
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
@@ -96,15 +105,18 @@ def read_config(name: str) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or type(error).__name__
-        raise ValueError(f"config file {name!r} is not valid YAML ({problem}{where}); write one 'option: value' "
-                         "per line.") from None
+        raise ValueError(
+            f"config file {name!r} is not valid YAML ({problem}{where}); write one 'option: value' per line."
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"config file {name!r} is not UTF-8 text; save it as UTF-8.") from None
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ValueError(f"config file {name!r} holds a YAML {type(content).__name__}, not a mapping of options; "
-                         "write one 'option: value' per line.")
+        raise ValueError(
+            f"config file {name!r} holds a YAML {type(content).__name__}, not a mapping of options; "
+            "write one 'option: value' per line."
+        )
     return content
 
 
@@ -113,20 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loraboost",
         description="Fine-tune by boosting low-rank adapters (XGBLoRA, COLA, RAC-LoRA, ReLoRA, LoRA).",
         epilog="Example: loraboost train --method xgblora --data reviews.csv --label-words ' bad, good' "
-               "--output runs/xgb   (then: loraboost eval runs/xgb; loraboost export runs/xgb --to merged out/)")
+        "--output runs/xgb   (then: loraboost eval runs/xgb; loraboost export runs/xgb --to merged out/)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("train", help="fine-tune a model into a run folder",
-                            description="Fine-tune with transformers' Trainer and BoostCallback into a run folder.")
+    p = commands.add_parser(
+        "train",
+        help="fine-tune a model into a run folder",
+        description="Fine-tune with transformers' Trainer and BoostCallback into a run folder.",
+    )
     p.add_argument("--config", help="a YAML file of options (the flags below override it)")
     _add_dataclass_options(p, RunOptions, "run")
     # One --seed drives both the data (splits, order) and the booster's plan and initialisations.
-    _add_dataclass_options(p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)",
-                           skip=("seed",))
+    _add_dataclass_options(
+        p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)", skip=("seed",)
+    )
 
-    p = commands.add_parser("compare", help="several methods x seeds on the same data and budget",
-                            description="Train several methods with several seeds on the same data and step budget; "
-                                        "write a table and a figure (compare.md, compare.png) into --output.")
+    p = commands.add_parser(
+        "compare",
+        help="several methods x seeds on the same data and budget",
+        description="Train several methods with several seeds on the same data and step budget; "
+        "write a table and a figure (compare.md, compare.png) into --output.",
+    )
     p.add_argument("--config", help="a YAML file of options (the flags below override it)")
     p.add_argument("--methods", type=parse_value, default="lora,cola,xgblora", help="comma-separated presets")
     p.add_argument("--seeds", type=parse_value, default="0,1,2", help="comma-separated seeds")
@@ -134,27 +154,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, RunOptions, "run (shared by every method)", skip=("seed", "overwrite", "resume"))
     _add_dataclass_options(p, BoostConfig, "boosting overrides (applied to every method)", skip=("seed", "method"))
 
-    p = commands.add_parser("eval", help="score a finished run, or a base model, on the test split",
-                            description="Score a finished run (its test split), or a base model before fine-tuning "
-                                        "(given with --model, --data and the task options).")
+    p = commands.add_parser(
+        "eval",
+        help="score a finished run, or a base model, on the test split",
+        description="Score a finished run (its test split), or a base model before fine-tuning "
+        "(given with --model, --data and the task options).",
+    )
     p.add_argument("run", nargs="?", help="a run folder written by loraboost train; omit to score --model")
     p.add_argument("--metrics-file", help="where to save the metrics (default: RUN/eval.json, else eval.json)")
     p.add_argument("--config", help="a YAML file of options for a base model")
-    _add_dataclass_options(p, RunOptions, "base model (when no run is given)",
-                           skip=("overwrite", "resume", "report_to", "output", "max_steps", "epochs", "batch_size",
-                                 "gradient_accumulation", "learning_rate", "lr_scheduler", "warmup_ratio", "save_steps",
-                                 "eval_steps"))
+    _add_dataclass_options(
+        p,
+        RunOptions,
+        "base model (when no run is given)",
+        skip=(
+            "overwrite",
+            "resume",
+            "report_to",
+            "output",
+            "max_steps",
+            "epochs",
+            "batch_size",
+            "gradient_accumulation",
+            "learning_rate",
+            "lr_scheduler",
+            "warmup_ratio",
+            "save_steps",
+            "eval_steps",
+        ),
+    )
 
     p = commands.add_parser("export", help="export a finished run", description="Export a finished run.")
     p.add_argument("run", help="a run folder written by loraboost train")
     p.add_argument("output", help="the folder to write")
-    p.add_argument("--to", choices=["adapter", "merged"], default="adapter",
-                   help="a PEFT LoRA adapter (default) or a merged transformers model")
+    p.add_argument(
+        "--to",
+        choices=["adapter", "merged"],
+        default="adapter",
+        help="a PEFT LoRA adapter (default) or a merged transformers model",
+    )
     p.add_argument("--rank", type=int, help="compress the adapter to this rank by SVD (exact when omitted)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
-    p = commands.add_parser("demo", help="LoRA, COLA and XGBLoRA on the embedded default (what make demo runs)",
-                            add_help=False)
+    p = commands.add_parser(
+        "demo", help="LoRA, COLA and XGBLoRA on the embedded default (what make demo runs)", add_help=False
+    )
     return parser
 
 
@@ -188,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         check_adapter_file(run / "adapter")
                     except ValueError as problem:
-                        raise ValueError(f"{problem}; rebuild it from the booster state with: loraboost export {run} "
-                                         f"{run / 'adapter'} --overwrite.") from None
-                _, _, booster, _, task, splits = load_run(run)
+                        raise ValueError(
+                            f"{problem}; rebuild it from the booster state with: loraboost export {run} "
+                            f"{run / 'adapter'} --overwrite."
+                        ) from None
+                finished = load_run(run)
+                booster, task, splits = finished.booster, finished.task, finished.splits
                 print(f"loraboost eval: scoring {run} from {run / STATE}", file=sys.stderr)
                 model, target = booster.model, Path(args.metrics_file or run / "eval.json")
             else:
@@ -206,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--rank applies to --to adapter only; a merged model is always exact.")
             target = Path(args.output)
             if target.is_dir() and any(target.iterdir()) and not args.overwrite:
-                raise ValueError(f"export folder {args.output!r} is not empty; choose an empty folder or pass --overwrite.")
+                raise ValueError(
+                    f"export folder {args.output!r} is not empty; choose an empty folder or pass --overwrite."
+                )
             if target.exists() and not target.is_dir():
                 raise ValueError(f"export path {args.output!r} is a file; choose a folder path.")
-            _, _, booster, tokenizer, _, _ = load_run(args.run)
+            finished = load_run(args.run)
+            booster, tokenizer = finished.booster, finished.tokenizer
             if args.to == "adapter":
                 booster.save_adapter(args.output, rank=args.rank, overwrite=args.overwrite)
             else:

@@ -11,13 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from .config import BoostConfig
-from .run import FINISHED, RunOptions, prepare, train
+from .options import RunOptions
+from .run import prepare, train
+from .run_folder import FINISHED
 
 LOWER_IS_BETTER = {"perplexity", "loss"}
 
 
-def compare(options: RunOptions, methods: dict[str, BoostConfig], seeds: list[int], output: str | Path,
-            include_base: bool = True) -> list[dict[str, Any]]:
+def compare(
+    options: RunOptions,
+    methods: dict[str, BoostConfig],
+    seeds: list[int],
+    output: str | Path,
+    include_base: bool = True,
+) -> list[dict[str, Any]]:
     """Train every method with every seed into ``output/<method>-seed<k>`` (finished runs are reused, so an
     interrupted comparison resumes) and write compare.json, compare.md and compare.png; returns the rows."""
     out = Path(output)
@@ -54,7 +61,10 @@ def compare(options: RunOptions, methods: dict[str, BoostConfig], seeds: list[in
 def _row(name: str, metric: str, scores: list[float], summaries: list[dict]) -> dict[str, Any]:
     first = summaries[0] if summaries else {}
     return {
-        "method": name, "metric": metric, "scores": scores, "mean": statistics.fmean(scores),
+        "method": name,
+        "metric": metric,
+        "scores": scores,
+        "mean": statistics.fmean(scores),
         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
         "live_trainable_parameters": first.get("live_trainable_parameters", 0),
         "optimizer_state_bytes": max((s["optimizer_state_bytes"] for s in summaries), default=0),
@@ -66,13 +76,17 @@ def _row(name: str, metric: str, scores: list[float], summaries: list[dict]) -> 
 
 
 def format_table(rows: list[dict], metric: str) -> str:
-    lines = [f"| method | test {metric} (mean +- std) | trainable params per step | optimizer state | "
-             "peak memory | train time | rounds merged |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| method | test {metric} (mean +- std) | trainable params per step | optimizer state | "
+        "peak memory | train time | rounds merged |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['scores'])}) | "
             f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
-            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['train_seconds']:.0f} s | {r['rounds_merged']} |")
+            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['train_seconds']:.0f} s | {r['rounds_merged']} |"
+        )
     return "\n".join(lines)
 
 
@@ -86,8 +100,13 @@ def plot(rows: list[dict], metric: str, out: Path, seeds: list[int]) -> None:
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [r["method"] for r in rows]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    bars.bar(names, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=6,
-             color=[colors[i % len(colors)] for i in range(len(rows))])
+    bars.bar(
+        names,
+        [r["mean"] for r in rows],
+        yerr=[r["std"] for r in rows],
+        capsize=6,
+        color=[colors[i % len(colors)] for i in range(len(rows))],
+    )
     for i, r in enumerate(rows):
         bars.scatter([i] * len(r["scores"]), r["scores"], color="black", s=12, zorder=3)
     low = min(min(r["scores"]) for r in rows)

@@ -18,11 +18,20 @@ class _FromPreset:
 
 FROM_PRESET: Any = _FromPreset()
 
-# What each method means, as defaults of the one engine (see PAPERS.md). Every value can be
+# What each method means, as defaults of the one engine (see the README's method table). Every value can be
 # overridden; the unknowns of the papers (round length, scaling at rank 1, ...) are only defaults.
-_BASE = dict(rank=8, rounds=1, steps_per_round=None, layers_per_round=None, target_modules=None,
-             optimizer_reset="reset", prune_ratio=0.99, lr_schedule="global", round_warmup_steps=0,
-             frozen_factor="none")
+_BASE = dict(
+    rank=8,
+    rounds=1,
+    steps_per_round=None,
+    layers_per_round=None,
+    target_modules=None,
+    optimizer_reset="reset",
+    prune_ratio=0.99,
+    lr_schedule="global",
+    round_warmup_steps=0,
+    frozen_factor="none",
+)
 PRESETS: dict[str, dict[str, Any]] = {
     # Plain LoRA: a single round that is never merged.
     "lora": dict(_BASE),
@@ -31,14 +40,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cola": dict(_BASE, rounds=3),
     # XGBLoRA (Zhang et al. 2024): rank-1 boosters on all linear layers of a random third
     # of the blocks, kappa steps each, merged with step size 1.
-    "xgblora": dict(_BASE, rank=1, rounds=None, steps_per_round=50, layers_per_round=1 / 3,
-                    target_modules="all-linear"),
+    "xgblora": dict(
+        _BASE, rank=1, rounds=None, steps_per_round=50, layers_per_round=1 / 3, target_modules="all-linear"
+    ),
     # RAC-LoRA (Malinovsky et al. 2024): A is a fresh random matrix kept frozen, B trains from 0.
     "raclora": dict(_BASE, rounds=3, frozen_factor="A"),
     # ReLoRA (Lialin et al. 2024): merge and re-init with 99% magnitude pruning of the optimizer
     # moments and a jagged schedule that re-warms the learning rate after every merge.
-    "relora": dict(_BASE, rounds=4, optimizer_reset="prune", lr_schedule="per_round",
-                   round_warmup_steps=0.1),
+    "relora": dict(_BASE, rounds=4, optimizer_reset="prune", lr_schedule="per_round", round_warmup_steps=0.1),
 }
 
 OPTIMIZER_RESETS = ("reset", "keep", "prune")
@@ -79,8 +88,8 @@ class BoostConfig:
             ``auto`` for bf16/fp16 weights (4 bytes per adapted weight element in fp32), ``always`` (fp32 weights
             too: exact reconstruction from the ledger), or ``never`` (plain in-place add).
         merge_residual_dtype: what a residual is stored in: ``float32`` (keeps every merge, to fp32's
-            precision) or ``bfloat16`` (half the memory, 2 bytes per element; in our 100-merge test it
-            keeps over 98.8% of the update, where a plain bf16 add keeps 0.4-37%; see BENCHMARKS.md).
+            precision) or ``bfloat16`` (half the memory, 2 bytes per element, and loses its own rounding;
+            BENCHMARKS.md measures how much of the update each keeps).
         norm_penalty: lambda of XGBLoRA's penalty lambda * (||A||^2 + ||B||^2) on the live booster.
         optimizer_reset: at a round change, ``reset`` drops the booster's optimizer state, ``keep``
             keeps it, ``prune`` zeroes the ``prune_ratio`` smallest-magnitude entries (ReLoRA).
@@ -129,9 +138,7 @@ class BoostConfig:
 
     def __post_init__(self) -> None:
         if self.method not in PRESETS:
-            raise ValueError(
-                f"method={self.method!r} is not a known method; use one of {', '.join(PRESETS)}."
-            )
+            raise ValueError(f"method={self.method!r} is not a known method; use one of {', '.join(PRESETS)}.")
         for name, value in PRESETS[self.method].items():
             if getattr(self, name) is FROM_PRESET:
                 setattr(self, name, value)
@@ -145,8 +152,14 @@ class BoostConfig:
         _check_number(self.alpha, "alpha", lambda v: v > 0, "a positive number")
         _check_number(self.dropout, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
         t = self.target_modules
-        if not (t is None or isinstance(t, str) and t or
-                isinstance(t, (list, tuple)) and t and all(isinstance(x, str) and x for x in t)):
+        if not (
+            t is None
+            or isinstance(t, str)
+            and t
+            or isinstance(t, (list, tuple))
+            and t
+            and all(isinstance(x, str) and x for x in t)
+        ):
             raise ValueError(
                 f"target_modules={t!r} is not valid; use 'all-linear', a non-empty list of module "
                 "names, a regular expression, or None for the architecture's default."
@@ -188,8 +201,10 @@ class BoostConfig:
         _check_number(self.prune_ratio, "prune_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)")
         _check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         w = self.round_warmup_steps
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or (
-            isinstance(w, int) and w < 0 or isinstance(w, float) and not 0 <= w < 1
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or (isinstance(w, int) and w < 0 or isinstance(w, float) and not 0 <= w < 1)
         ):
             raise ValueError(
                 f"round_warmup_steps={w!r} is not valid; use a step count >= 0 or a fraction of a round in [0, 1)."
@@ -199,14 +214,16 @@ class BoostConfig:
         _check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
         _check_int(self.sketch_steps, "sketch_steps", minimum=1)
         if self.round_init == "gradient" and self.frozen_factor != "none":
-            raise ValueError(f"round_init='gradient' sets A from the gradient, but frozen_factor={self.frozen_factor!r} "
-                             "keeps a random factor frozen; use round_init='random' with a frozen factor.")
+            raise ValueError(
+                f"round_init='gradient' sets A from the gradient, but frozen_factor={self.frozen_factor!r} "
+                "keeps a random factor frozen; use round_init='random' with a frozen factor."
+            )
         _check_int(self.seed, "seed", minimum=0)
 
     # ------------------------------------------------------------------ derived values
     @property
-    def scaling(self) -> float:
-        """The booster's LoRA scaling s = alpha / r (PEFT's convention)."""
+    def lora_scaling(self) -> float:
+        """The booster's LoRA scaling s = alpha / r (PEFT's convention); a merge multiplies it by merge_scale."""
         return self.alpha / self.rank
 
     def to_dict(self) -> dict[str, Any]:

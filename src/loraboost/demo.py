@@ -13,33 +13,49 @@ import math
 
 from .compare import compare
 from .config import BoostConfig
-from .run import RunOptions
+from .options import RunOptions
 
 XGBLORA_ROUNDS = 4
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="loraboost demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="loraboost demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a smaller budget for a smoke test (160 train / 100 test)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     parser.add_argument("--output", default="runs/demo", help="folder for the runs, compare.md and compare.png")
     args = parser.parse_args(argv)
     train_size, test_size = (160, 100) if args.quick else (640, 300)
-    options = RunOptions(model="default", data="default", task="classify", train_size=train_size,
-                         test_size=test_size, batch_size=16, epochs=1, learning_rate=2e-3,
-                         save_steps=10_000, output=args.output)
+    options = RunOptions(
+        model="default",
+        data="default",
+        task="classify",
+        train_size=train_size,
+        test_size=test_size,
+        batch_size=16,
+        epochs=1,
+        learning_rate=2e-3,
+        save_steps=10_000,
+        output=args.output,
+    )
     steps = math.ceil(train_size / options.batch_size)
     methods = {
         "lora": BoostConfig(method="lora"),
         "cola": BoostConfig(method="cola"),
-        f"xgblora-kappa{steps // XGBLORA_ROUNDS}": BoostConfig(method="xgblora", steps_per_round=steps // XGBLORA_ROUNDS),
+        f"xgblora-kappa{steps // XGBLORA_ROUNDS}": BoostConfig(
+            method="xgblora", steps_per_round=steps // XGBLORA_ROUNDS
+        ),
     }
-    print(f"loraboost demo: movie-review sentiment, {train_size} train / {test_size} test examples, "
-          f"{steps} steps per method, model SmolLM2-135M-Instruct (embedded)")
+    print(
+        f"loraboost demo: movie-review sentiment, {train_size} train / {test_size} test examples, "
+        f"{steps} steps per method, model SmolLM2-135M-Instruct (embedded)"
+    )
     compare(options, methods, args.seeds, args.output)
-    print("One seed and one learning rate for all methods: this shows that each method learns, not which is "
-          "best; see BENCHMARKS.md for the comparisons over seeds.")
+    print(
+        "One seed and one learning rate for all methods: this shows that each method learns, not which is "
+        "best; see BENCHMARKS.md for the comparisons over seeds."
+    )
     return 0
 
 

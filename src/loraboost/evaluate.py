@@ -4,10 +4,9 @@ SFT (loss on the response tokens only; held-out loss and perplexity)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
@@ -26,24 +25,29 @@ class LabelWordTask:
         ids = [tokenizer(w, add_special_tokens=False).input_ids for w in self.label_words]
         for word, tokens in zip(self.label_words, ids):
             if len(tokens) != 1:
-                raise ValueError(f"label word {word!r} is {len(tokens)} tokens for this tokenizer; use one-token words.")
+                raise ValueError(
+                    f"label word {word!r} is {len(tokens)} tokens for this tokenizer; use one-token words."
+                )
         first_word_of: dict[int, str] = {}
         for word, (token,) in zip(self.label_words, ids):
             if token in first_word_of:  # two classes would score the same logit: one of them could never win
-                raise ValueError(f"label words {first_word_of[token]!r} and {word!r} are the same token ({token}) for "
-                                 "this tokenizer, so their classes cannot be told apart; use a different word per class.")
+                raise ValueError(
+                    f"label words {first_word_of[token]!r} and {word!r} are the same token ({token}) for "
+                    "this tokenizer, so their classes cannot be told apart; use a different word per class."
+                )
             first_word_of[token] = word
         return [t[0] for t in ids]
 
-    def batches(self, tokenizer, data: Dataset, batch_size: int, shuffle_seed: int | None = None
-                ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def batches(
+        self, tokenizer, data: Dataset, batch_size: int, shuffle_seed: int | None = None
+    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Left-padded prompts (so the answer position is the last one) and their labels."""
         if shuffle_seed is not None:
             data = data.shuffle(seed=shuffle_seed)
         tokenizer.padding_side = "left"
         tokenizer.truncation_side = "left"  # a long review loses its start, never the answer cue
         for start in range(0, len(data), batch_size):
-            rows = data[start:start + batch_size]
+            rows = data[start : start + batch_size]
             prompts = [self.template.format(text=t) for t in rows["text"]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
             enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -64,21 +68,38 @@ def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
 
 
 @torch.no_grad()
-def label_word_accuracy(model: nn.Module, tokenizer, task: LabelWordTask, data: Dataset,
-                        batch_size: int = 32, progress=None) -> float:
-    """Share of examples whose gold label word is the likeliest of the label words."""
+def count_correct(
+    model: nn.Module,
+    batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]],
+    scores: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    progress=None,
+) -> int:
+    """How many examples of ``batches`` (inputs, gold class) have their gold class scored highest by
+    ``scores(model, inputs)`` (one row of class scores per example), with the model in eval mode."""
     was_training = model.training
     model.eval()
-    label_ids = task.label_token_ids(tokenizer)
     correct = 0
-    # Similar lengths batched together waste less compute on padding; the order does not matter here.
-    data = data.add_column("_length", [len(t) for t in data["text"]]).sort("_length")
-    for inputs, labels in task.batches(tokenizer, data, batch_size):
-        predicted = answer_logits(model, to_model_device(model, inputs))[:, label_ids].argmax(-1).cpu()
-        correct += int((predicted == labels).sum())
+    for inputs, labels in batches:
+        correct += int((scores(model, to_model_device(model, inputs)).argmax(-1).cpu() == labels).sum())
         if progress is not None:
             progress.update(len(labels))
     model.train(was_training)
+    return correct
+
+
+def label_word_accuracy(
+    model: nn.Module, tokenizer, task: LabelWordTask, data: Dataset, batch_size: int = 32, progress=None
+) -> float:
+    """Share of examples whose gold label word is the likeliest of the label words."""
+    label_ids = task.label_token_ids(tokenizer)
+    # Similar lengths batched together waste less compute on padding; the order does not matter here.
+    data = data.add_column("_length", [len(t) for t in data["text"]]).sort("_length")
+    correct = count_correct(
+        model,
+        task.batches(tokenizer, data, batch_size),
+        lambda m, inputs: answer_logits(m, inputs)[:, label_ids],
+        progress,
+    )
     return correct / len(data)
 
 
@@ -89,14 +110,20 @@ class ResponseTask:
     template: str = "{prompt}\n"
     max_length: int = 256
 
-    def batches(self, tokenizer, data: Dataset, batch_size: int, prompt_column: str = "prompt",
-                response_column: str = "response", shuffle_seed: int | None = None
-                ) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self,
+        tokenizer,
+        data: Dataset,
+        batch_size: int,
+        prompt_column: str = "prompt",
+        response_column: str = "response",
+        shuffle_seed: int | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Right-padded prompt + response + EOS, with labels -100 on the prompt and the padding."""
         if shuffle_seed is not None:
             data = data.shuffle(seed=shuffle_seed)
         for start in range(0, len(data), batch_size):
-            rows = data[start:start + batch_size]
+            rows = data[start : start + batch_size]
             sequences, labels = [], []
             for prompt, response in zip(rows[prompt_column], rows[response_column]):
                 p = tokenizer(self.template.format(prompt=prompt)).input_ids
@@ -114,8 +141,16 @@ class ResponseTask:
 
 
 @torch.no_grad()
-def response_loss(model: nn.Module, tokenizer, task: ResponseTask, data: Dataset, batch_size: int = 16,
-                  prompt_column: str = "prompt", response_column: str = "response", progress=None) -> dict[str, float]:
+def response_loss(
+    model: nn.Module,
+    tokenizer,
+    task: ResponseTask,
+    data: Dataset,
+    batch_size: int = 16,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    progress=None,
+) -> dict[str, float]:
     """Mean loss per response token on held-out pairs, and its perplexity."""
     was_training = model.training
     model.eval()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
@@ -16,14 +15,13 @@ from safetensors.torch import save_file
 from .atomic import atomic_folder
 from .errors import first_line
 from .merge import full_tensor, lora_delta
-
-if TYPE_CHECKING:
-    from .booster import Booster, Slot
+from .slot import BoosterSurface, Slot
+from .version import __version__
 
 PEFT_PREFIX = "base_model.model."
 
 
-def learned_factors(booster: Booster, slot: Slot) -> tuple[torch.Tensor, torch.Tensor] | None:
+def learned_factors(booster: BoosterSurface, slot: Slot) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Everything ``slot``'s module learned as one LoRA (A: R x in, B: out x R, scales folded into B):
     the merged rounds from the ledger, then the live booster if it is non-zero. None if nothing."""
     parts = []
@@ -32,7 +30,7 @@ def learned_factors(booster: Booster, slot: Slot) -> tuple[torch.Tensor, torch.T
         parts.append(stacked)
     A, B = full_tensor(slot.A.detach()).float().cpu(), full_tensor(slot.B.detach()).float().cpu()
     if slot in booster.live_slots and A.count_nonzero() and B.count_nonzero():
-        parts.append((A, B * booster.config.scaling))
+        parts.append((A, B * booster.config.lora_scaling))
     if not parts:
         return None
     return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts], dim=1)
@@ -54,7 +52,7 @@ def compress(A: torch.Tensor, B: torch.Tensor, rank: int) -> tuple[torch.Tensor,
     return A_k.float().contiguous(), B_k.float().contiguous(), error
 
 
-def save_adapter(booster: Booster, path: str | Path, rank: int | None = None, overwrite: bool = False) -> Path:
+def save_adapter(booster: BoosterSurface, path: str | Path, rank: int | None = None, overwrite: bool = False) -> Path:
     """Write everything learned so far as one PEFT LoRA adapter (see ``Booster.save_adapter``)."""
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank={rank!r} is not valid; use an integer >= 1, or None for the exact adapter.")
@@ -78,9 +76,16 @@ def save_adapter(booster: Booster, path: str | Path, rank: int | None = None, ov
     base = booster.model.get_base_model()
     peft_config = booster.model.peft_config["default"]
     config = LoraConfig(
-        r=r, lora_alpha=r, rank_pattern=pattern, alpha_pattern=dict(pattern), target_modules=sorted(factors),
-        lora_dropout=0.0, bias="none", fan_in_fan_out=peft_config.fan_in_fan_out,
-        modules_to_save=peft_config.modules_to_save, task_type=peft_config.task_type,
+        r=r,
+        lora_alpha=r,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        target_modules=sorted(factors),
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=peft_config.fan_in_fan_out,
+        modules_to_save=peft_config.modules_to_save,
+        task_type=peft_config.task_type,
         base_model_name_or_path=getattr(base.config, "_name_or_path", None) or None,
     )
     tensors = {}
@@ -92,15 +97,22 @@ def save_adapter(booster: Booster, path: str | Path, rank: int | None = None, ov
             tensors[key] = value.detach().cpu().contiguous()
 
     record = {
-        "loraboost_version": _version(), "method": booster.config.method, "config": booster.config.to_dict(),
-        "global_step": booster.global_step, "rounds_merged": len(booster.ledger), "live_round": booster.round,
-        "kind": "exact" if rank is None else "svd", "rank": rank, "module_ranks": ranks,
+        "loraboost_version": __version__,
+        "method": booster.config.method,
+        "config": booster.config.to_dict(),
+        "global_step": booster.global_step,
+        "rounds_merged": len(booster.ledger),
+        "live_round": booster.round,
+        "kind": "exact" if rank is None else "svd",
+        "rank": rank,
+        "module_ranks": ranks,
     }
     if rank is not None:
         record["relative_error"] = errors
         total = sum(squared_norms.values())
         record["total_relative_error"] = (
-            sum(errors[n] ** 2 * squared_norms[n] for n in errors) / total) ** 0.5 if total > 0 else 0.0
+            (sum(errors[n] ** 2 * squared_norms[n] for n in errors) / total) ** 0.5 if total > 0 else 0.0
+        )
     with atomic_folder(path, overwrite=overwrite) as staging:
         config.save_pretrained(staging)
         save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
@@ -121,7 +133,7 @@ def check_adapter_file(folder: str | Path) -> None:
         raise ValueError(f"the adapter file {str(path)!r} is corrupt or truncated ({first_line(error)})") from None
 
 
-def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:
+def merged_state_dict(booster: BoosterSurface) -> dict[str, torch.Tensor]:
     """The base model's state dict with the live booster merged in and every PEFT wrapper removed."""
     base = booster.model.get_base_model()
     if any(hasattr(p, "device_mesh") for p in base.parameters()):
@@ -148,13 +160,15 @@ def merged_state_dict(booster: Booster) -> dict[str, torch.Tensor]:
             full = booster.merged_weight(slots[module])
             if module in live:
                 slot = live[module]
-                full = full + lora_delta(slot.A, slot.B, booster.config.scaling, slot.fan_in_fan_out).to(full.device)
+                full = full + lora_delta(slot.A, slot.B, booster.config.lora_scaling, slot.fan_in_fan_out).to(
+                    full.device
+                )
             tensor = full.to(value.dtype)
         out[name] = tensor
     return out
 
 
-def save_merged(booster: Booster, path: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
+def save_merged(booster: BoosterSurface, path: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
     """Write a plain transformers model folder with every update merged (see ``Booster.save_merged``)."""
     base = booster.model.get_base_model()
     if not hasattr(base, "save_pretrained"):
@@ -164,13 +178,17 @@ def save_merged(booster: Booster, path: str | Path, tokenizer=None, overwrite: b
         base.save_pretrained(staging, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        (staging / "loraboost.json").write_text(json.dumps({
-            "loraboost_version": _version(), "method": booster.config.method, "config": booster.config.to_dict(),
-            "global_step": booster.global_step, "rounds_merged": len(booster.ledger), "kind": "merged"}, indent=1))
+        (staging / "loraboost.json").write_text(
+            json.dumps(
+                {
+                    "loraboost_version": __version__,
+                    "method": booster.config.method,
+                    "config": booster.config.to_dict(),
+                    "global_step": booster.global_step,
+                    "rounds_merged": len(booster.ledger),
+                    "kind": "merged",
+                },
+                indent=1,
+            )
+        )
     return Path(path)
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

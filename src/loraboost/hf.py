@@ -78,9 +78,13 @@ class BoostCallback(TrainerCallback):
             self._resume(args, state)
         if booster.config.steps_per_round is None:
             booster.set_total_steps(state.max_steps)
-        booster._check_optimizer(optimizer)
-        problem = parallelism_problem(args) or ddp_problem(args.world_size, args.gradient_checkpointing, args.ddp_find_unused_parameters,
-                              booster.plan.layers_per_round < len(booster.plan.layer_keys))
+        booster.check_optimizer(optimizer)
+        problem = parallelism_problem(args) or ddp_problem(
+            args.world_size,
+            args.gradient_checkpointing,
+            args.ddp_find_unused_parameters,
+            booster.plan.layers_per_round < len(booster.plan.layer_keys),
+        )
         if problem:
             raise ValueError(problem)
         if booster.config.lr_schedule == "per_round":

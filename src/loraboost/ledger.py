@@ -4,8 +4,8 @@ From it the total merged update of any module can be rebuilt, stacked or compres
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,10 +40,10 @@ class Ledger:
     def append(self, round_index: int, module: str, scale: float, A: torch.Tensor, B: torch.Tensor) -> None:
         """Record one module's merged factors (copied to fp32 on the CPU)."""
         if module not in self.layouts:
-            raise KeyError(f"module {module!r} is not one the ledger tracks; known modules: {sorted(self.layouts)[:5]}...")
-        self.entries.append(
-            LedgerEntry(round_index, module, float(scale), _full_cpu(A), _full_cpu(B))
-        )
+            raise KeyError(
+                f"module {module!r} is not one the ledger tracks; known modules: {sorted(self.layouts)[:5]}..."
+            )
+        self.entries.append(LedgerEntry(round_index, module, float(scale), _full_cpu(A), _full_cpu(B)))
 
     def __len__(self) -> int:
         return len(self.rounds())
@@ -96,7 +96,9 @@ class Ledger:
                 raise ValueError(f"ledger entry {i} is for module {r['module']!r}, which this booster does not target.")
             A, B = tensors.get(f"ledger.{i}.A"), tensors.get(f"ledger.{i}.B")
             if A is None or B is None:
-                raise ValueError(f"ledger entry {i} ({r['module']!r}) has no factors in the file; it is truncated or corrupt.")
+                raise ValueError(
+                    f"ledger entry {i} ({r['module']!r}) has no factors in the file; it is truncated or corrupt."
+                )
             entries.append(LedgerEntry(int(r["round"]), r["module"], float(r["scale"]), A.float(), B.float()))
         self.entries = entries
 

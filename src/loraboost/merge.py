@@ -54,12 +54,14 @@ def add_delta_(weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor
 
     With a ``residual`` (same shape) the sum is compensated (Kahan): ``weight + residual`` holds the
     running total, ``weight`` its rounding to its own dtype, and ``residual`` what each addition dropped,
-    which the next merge adds back. In bf16, a plain add of deltas of per-element size ~1e-4 of the
-    weight kept under 5% of 100 merges in our test; the compensated sum keeps 99.99% with an fp32
-    residual and 99.1% with a bf16 one, whose own rounding is lost (bench/merge_precision.py).
+    which the next merge adds back. In bf16 a plain add rounds small deltas away, while the compensated sum
+    keeps them to the residual's precision (a bf16 residual loses its own rounding); BENCHMARKS.md has the
+    measured shares, from bench/merge_precision.py.
     """
     if weight.shape != delta.shape:
-        raise ValueError(f"a delta of shape {tuple(delta.shape)} cannot be added to a weight of shape {tuple(weight.shape)}.")
+        raise ValueError(
+            f"a delta of shape {tuple(delta.shape)} cannot be added to a weight of shape {tuple(weight.shape)}."
+        )
     delta = delta.to(dtype=torch.float32)
     if not isinstance(delta, DTensor):
         delta = delta.to(device=weight.device)

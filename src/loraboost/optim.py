@@ -13,14 +13,16 @@ from .merge import local_tensor
 from .plan import RoundPlan
 
 
-def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter],
-                          mode: str, prune_ratio: float = 0.0) -> None:
+def reset_optimizer_state(
+    optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], mode: str, prune_ratio: float = 0.0
+) -> None:
     """Reset the optimizer state of exactly ``params``, in place.
 
     ``reset`` drops their state, so the next step starts it fresh (Adam: zero moments, step 0);
     ``prune`` zeroes the ``prune_ratio`` share of entries with the smallest first moment in every
-    state tensor shaped like the parameter (ReLoRA's magnitude pruning) and keeps step counters; ``keep`` does nothing. Works through wrappers
-    such as accelerate's AcceleratedOptimizer, whose ``state`` is the wrapped optimizer's.
+    state tensor shaped like the parameter (ReLoRA's magnitude pruning) and keeps step counters; ``keep`` does
+    nothing. Works through wrappers such as accelerate's AcceleratedOptimizer, whose ``state`` is the wrapped
+    optimizer's.
     """
     if mode == "keep":
         return
@@ -108,9 +110,15 @@ def compose_round_schedule(scheduler: LambdaLR, plan: RoundPlan, warmup: int | f
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, plan: RoundPlan, lr_schedule: str,
-                      round_warmup: int | float, total_steps: int, warmup_steps: int = 0,
-                      decay: str = "linear") -> LambdaLR:
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    plan: RoundPlan,
+    lr_schedule: str,
+    round_warmup: int | float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay: str = "linear",
+) -> LambdaLR:
     """A LambdaLR over ``total_steps``: the global warm-up and decay, times the jagged per-round
     factor when ``lr_schedule`` is ``per_round``. Call ``scheduler.step()`` after each optimizer step."""
     if decay not in ("linear", "cosine", "constant"):

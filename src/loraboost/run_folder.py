@@ -18,6 +18,8 @@ from .atomic import atomic_file
 RUN_FILE = "run.json"  # the resolved options, written when a run starts
 FINISHED = "summary.json"  # written last: a folder without it is not a finished run
 METRICS = "metrics.jsonl"
+STATE = "booster_state.safetensors"  # the final booster state (Booster.save_state)
+FULL_MODEL = "model"  # where a full fine-tuning run saves its model
 CHECKPOINT_DONE = "loraboost_checkpoint.json"  # written last into a checkpoint: without it, it is incomplete
 # Options that may change when a run is resumed: they do not change what it trains (a run folder may move).
 RESUMABLE_CHANGES = frozenset({"output", "resume", "overwrite", "report_to", "save_steps", "eval_steps"})
@@ -45,16 +47,20 @@ def check_output(out: Path, overwrite: bool, resume: bool) -> None:
     holds_files = out.is_dir() and any(out.iterdir())
     if holds_files and not (overwrite or resume):
         what = "a run" if is_run(out) else "files"
-        raise ValueError(f"output folder {str(out)!r} already holds {what}; pass --overwrite to replace it or "
-                         "--resume to continue it.")
+        raise ValueError(
+            f"output folder {str(out)!r} already holds {what}; pass --overwrite to replace it or "
+            "--resume to continue it."
+        )
     if resume:
         if overwrite and is_run(staging_folder(out)):
             return  # an interrupted --overwrite run, continued beside the old one
         if not is_run(out):
             raise ValueError(f"--resume needs a run in {str(out)!r}, but there is none; drop --resume to start one.")
         if is_finished(out):
-            raise ValueError(f"the run in {str(out)!r} is finished, so there is nothing to resume; pass --overwrite "
-                             "without --resume to train it again, or choose another --output.")
+            raise ValueError(
+                f"the run in {str(out)!r} is finished, so there is nothing to resume; pass --overwrite "
+                "without --resume to train it again, or choose another --output."
+            )
 
 
 def _check_writable(out: Path) -> None:
@@ -63,8 +69,9 @@ def _check_writable(out: Path) -> None:
     try:
         handle, probe = tempfile.mkstemp(prefix=".loraboost-probe-", dir=existing)
     except OSError as error:
-        raise ValueError(f"cannot write into {str(existing)!r} ({error.strerror}); choose an --output where you "
-                         "can create files.") from None
+        raise ValueError(
+            f"cannot write into {str(existing)!r} ({error.strerror}); choose an --output where you can create files."
+        ) from None
     os.close(handle)
     os.unlink(probe)
 
@@ -77,9 +84,11 @@ def check_same_settings(folder: Path, options: dict[str, Any], boost: dict[str, 
     for name, given, before in pairs:
         if _normal(given) != _normal(before):
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"--resume continues the run in {str(folder)!r} with its own settings, but {name}="
-                             f"{given!r} differs from its {name}={before!r}; drop {flag}, or pass --overwrite "
-                             "without --resume to start again.")
+            raise ValueError(
+                f"--resume continues the run in {str(folder)!r} with its own settings, but {name}="
+                f"{given!r} differs from its {name}={before!r}; drop {flag}, or pass --overwrite "
+                "without --resume to start again."
+            )
 
 
 def _normal(value: Any) -> Any:
@@ -94,15 +103,16 @@ def write_run_file(folder: Path, content: dict[str, Any]) -> None:
 
 def checkpoint_step(path: Path) -> int | None:
     prefix = f"{PREFIX_CHECKPOINT_DIR}-"
-    tail = path.name[len(prefix):]
+    tail = path.name[len(prefix) :]
     return int(tail) if path.name.startswith(prefix) and tail.isdigit() else None
 
 
 def newest_complete_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint that was written to the end, after removing any that a kill cut short
     (they can never be resumed from, and the Trainer would otherwise pick the newest folder)."""
-    checkpoints = sorted((p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None),
-                         key=checkpoint_step)
+    checkpoints = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None), key=checkpoint_step
+    )
     complete = [p for p in checkpoints if (p / CHECKPOINT_DONE).is_file()]
     for partial in set(checkpoints) - set(complete):
         shutil.rmtree(partial)

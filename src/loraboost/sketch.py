@@ -60,8 +60,14 @@ class GradientSketcher:
         oversample: k = rank + oversample columns in Y; l = 2k + 1 rows in Z.
     """
 
-    def __init__(self, layers: Iterable[tuple[str, nn.Module]], shapes: dict[str, tuple[int, int]],
-                 embeddings: nn.Module | None, rank: int, oversample: int = 4):
+    def __init__(
+        self,
+        layers: Iterable[tuple[str, nn.Module]],
+        shapes: dict[str, tuple[int, int]],
+        embeddings: nn.Module | None,
+        rank: int,
+        oversample: int = 4,
+    ):
         self.layers = dict(layers)
         self.shapes = shapes
         self.embeddings = embeddings
@@ -84,9 +90,12 @@ class GradientSketcher:
             omega = torch.randn(in_features, self.k, generator=generator)
             psi = torch.randn(self.l, out_features, generator=generator)
             device = _device_of(self.layers[name])
-            self.sketches[name] = ModuleSketch(omega.to(device), psi.to(device),
-                                               torch.zeros(out_features, self.k, device=device),
-                                               torch.zeros(self.l, in_features, device=device))
+            self.sketches[name] = ModuleSketch(
+                omega.to(device),
+                psi.to(device),
+                torch.zeros(out_features, self.k, device=device),
+                torch.zeros(self.l, in_features, device=device),
+            )
             self._handles.append(self.layers[name].register_forward_hook(self._capture(self.sketches[name])))
         if self.embeddings is not None:
             self._handles.append(self.embeddings.register_forward_hook(self._need_gradient))
@@ -108,8 +117,13 @@ class GradientSketcher:
     # ------------------------------------------------------------------ hooks
     @staticmethod
     def _need_gradient(module, args, output):
-        if module.training and torch.is_grad_enabled() and torch.is_tensor(output) \
-                and output.is_floating_point() and not output.requires_grad:
+        if (
+            module.training
+            and torch.is_grad_enabled()
+            and torch.is_tensor(output)
+            and output.is_floating_point()
+            and not output.requires_grad
+        ):
             return output.detach().requires_grad_(True)
         return output
 

@@ -38,8 +38,9 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, LINEAR_TYPES)]
 
 
-def resolve_targets(model: nn.Module, target_modules: str | Sequence[str] | None,
-                    layers_pattern: str | None = None) -> list[str]:
+def resolve_targets(
+    model: nn.Module, target_modules: str | Sequence[str] | None, layers_pattern: str | None = None
+) -> list[str]:
     """Full names of the linear modules that ``target_modules`` selects.
 
     ``None`` takes PEFT's default for the architecture; ``"all-linear"`` takes every linear module
@@ -94,8 +95,11 @@ def layer_keys_of(model: nn.Module, targets: Sequence[str], layers_pattern: str 
     for name in targets:
         key = layer_key(model, name, layers_pattern)
         if key is None:
-            hint = (f"no ModuleList named {layers_pattern!r} holds it" if layers_pattern
-                    else "it is not inside a numbered ModuleList of blocks")
+            hint = (
+                f"no ModuleList named {layers_pattern!r} holds it"
+                if layers_pattern
+                else "it is not inside a numbered ModuleList of blocks"
+            )
             raise ValueError(
                 f"cannot tell which layer module {name!r} belongs to ({hint}); set layers_pattern to the name "
                 "of the ModuleList that holds the blocks (e.g. 'layers' for Llama, 'h' for GPT-2, 'layer' for "

@@ -1,0 +1,124 @@
+"""Task: a run's task (label-word or head classification, or SFT) bound to its columns and tokenizer:
+canonical rows, Trainer batches, the training loss and the held-out metrics."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from .booster import Booster
+from .evaluate import LabelWordTask, ResponseTask, answer_logits, count_correct, label_word_accuracy, response_loss
+from .options import RunOptions
+
+DEFAULT_TEMPLATE = {"classify": "{text}\nAnswer:", "sft": "{prompt}\n"}
+
+
+class Task:
+    """Binds a task definition to its columns and tokenizer: collation for the Trainer, loss, metrics."""
+
+    def __init__(self, options: RunOptions, tokenizer, classes: list | None, head: bool):
+        self.options, self.tokenizer, self.classes, self.head = options, tokenizer, classes, head
+        self.label_ids: list[int] | None = None  # label-word classification: each class's token id
+        self.truncated = 0  # examples longer than max_length among those prepared so far
+        template = options.template or DEFAULT_TEMPLATE[options.task]
+        if head:  # an encoder with a classification head: no prompt, no label words
+            self.definition = LabelWordTask("{text}", (), options.max_length)
+        elif options.task == "classify":
+            words = options.label_words
+            if words is None:
+                if not all(isinstance(c, str) for c in self.classes):
+                    raise ValueError(
+                        f"the labels {self.classes[:6]} are not words; pass label_words with one "
+                        "word per class, in the order of the sorted labels."
+                    )
+                words = [f" {c}" for c in self.classes]
+            if len(words) != len(self.classes):
+                raise ValueError(f"label_words has {len(words)} words for {len(self.classes)} classes {self.classes}.")
+            self.definition = LabelWordTask(template, tuple(words), options.max_length)
+            self.label_ids = self.definition.label_token_ids(tokenizer)
+        else:
+            self.definition = ResponseTask(template, options.max_length)
+
+    def prepare(self, data):
+        """Rows in the task's canonical columns (``text``/``label`` index, or ``prompt``/``response``); the
+        examples among them longer than ``max_length`` are added to ``truncated``."""
+        from datasets import Dataset
+
+        o = self.options
+        # Built afresh, not with map(): map keeps a replaced column's old type (string labels stay strings).
+        if o.task == "classify":
+            index = {c: i for i, c in enumerate(self.classes)}
+            prepared = Dataset.from_dict(
+                {"text": [str(t) for t in data[o.text_column]], "label": [index[c] for c in data[o.label_column]]}
+            )
+        else:
+            prepared = Dataset.from_dict(
+                {
+                    "prompt": [str(p) for p in data[o.prompt_column]],
+                    "response": [str(r) for r in data[o.response_column]],
+                }
+            )
+        self.truncated += self.count_truncated(prepared)
+        return prepared
+
+    def count_truncated(self, data) -> int:
+        """Examples whose prompt (and response) exceed ``max_length`` tokens."""
+        o, template = self.options, self.definition.template
+        if o.task == "classify":
+            texts = [template.format(text=t) for t in data["text"]]
+        else:
+            texts = [template.format(prompt=p) + r for p, r in zip(data["prompt"], data["response"])]
+        return sum(len(ids) > o.max_length for ids in self.tokenizer(texts).input_ids)
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        from datasets import Dataset
+
+        if self.head:
+            inputs = self.tokenizer(
+                [r["text"] for r in rows],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.options.max_length,
+            )
+            inputs["labels"] = torch.tensor([r["label"] for r in rows])
+            return dict(inputs)
+        batch = Dataset.from_list(rows)
+        if self.options.task == "classify":
+            inputs, labels = next(self.definition.batches(self.tokenizer, batch, len(rows)))
+            inputs["labels"] = torch.tensor(self.label_ids)[labels]
+            return inputs
+        return next(self.definition.batches(self.tokenizer, batch, len(rows)))
+
+    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], booster: Booster | None) -> torch.Tensor:
+        if self.options.task == "classify" and not self.head:
+            targets = inputs.pop("labels")  # label-word token ids (see collate)
+            loss = nn.functional.cross_entropy(answer_logits(model, inputs).float(), targets)
+            # The model computed no loss of its own, so the norm penalty's hook did not fire.
+            if booster is not None and booster.config.norm_penalty > 0:
+                return loss + booster.penalty().to(loss.device)
+            return loss
+        return model(**inputs).loss
+
+    def evaluate(self, model: nn.Module, data, progress: bool = True) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(data), desc="evaluate", unit="ex", file=sys.stderr, disable=not progress) as bar:
+            if self.head:
+                return {"accuracy": head_accuracy(model, self.collate, data, progress=bar)}
+            if self.options.task == "classify":
+                return {"accuracy": label_word_accuracy(model, self.tokenizer, self.definition, data, progress=bar)}
+            return response_loss(model, self.tokenizer, self.definition, data, progress=bar)
+
+
+def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32, progress=None) -> float:
+    """Share of examples whose gold class has the largest logit of the classification head."""
+
+    def batches():
+        for start in range(0, len(data), batch_size):
+            inputs = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            yield inputs, inputs.pop("labels")
+
+    return count_correct(model, batches(), lambda m, inputs: m(**inputs).logits, progress) / len(data)
