@@ -1,6 +1,7 @@
 """The command line end to end on a tiny model and small data files written here: train, eval, export,
 YAML options, SFT; and every bad input exits with code 2, one sentence, and no run folder left."""
 
+import csv
 import json
 
 import pytest
@@ -49,7 +50,7 @@ def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys)
         )
         == 0
     )
-    assert set(json.loads(base_file.read_text())["test"]) == {"accuracy"}
+    assert set(json.loads(base_file.read_text())["test"]) == {"accuracy", "majority_accuracy"}
 
     assert main(["export", str(run), str(tmp_path / "merged"), "--to", "merged"]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
@@ -322,3 +323,67 @@ def test_an_sft_data_set_asks_for_task_sft(tiny_model, tmp_path, capsys):
     assert main(train_args(tiny_model, "movie-dialog", tmp_path / "run")) == 2
     assert "data 'movie-dialog' is for task='sft', not task='classify'; pass --task sft." in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_scores_another_file_one_split_and_predicts_new_texts(tiny_model, reviews_csv, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model, reviews_csv, run, "--label-words", " bad, good")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert "majority_accuracy" in summary["metrics"]["test"]  # always answering the commonest training class
+    # Another file with its own column names, read through the run's template and label words.
+    other = tmp_path / "other.csv"
+    other.write_text(
+        "review,verdict\n" + "".join(f"a {w} film,{v}\n" for w, v in [("great", "good"), ("awful", "bad")] * 5)
+    )
+    assert main(["eval", str(run), "--data", str(other), "--text-column", "review", "--label-column", "verdict"]) == 0
+    scored = json.loads((run / "eval-data.json").read_text())
+    assert set(scored) == {"data"} and 0 <= scored["data"]["accuracy"] <= 1 and "majority_accuracy" in scored["data"]
+    assert main(["eval", str(run), "--split", "train"]) == 0
+    assert set(json.loads((run / "eval-train.json").read_text())) == {"train"}
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "validation"]) == 2  # this run has no validation split
+    assert "--split 'validation' is not a split of this run" in capsys.readouterr().err
+    assert main(["eval", str(run), "--model", str(tiny_model)]) == 2
+    assert "--model cannot change for a finished run" in capsys.readouterr().err
+    # Unknown classes in another file are named, not crashed on.
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("text,label\na film,meh\n")
+    assert main(["eval", str(run), "--data", str(wrong)]) == 2
+    assert "not trained on (the first is 'meh')" in capsys.readouterr().err
+    # predict: no labels needed; every row gets a class of the run and its probability.
+    texts = tmp_path / "texts.csv"
+    texts.write_text("review\na great film\nan awful film\na dull film\n")
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(run), "--data", str(texts), "--text-column", "review", "--output", str(preds)]) == 0
+    rows = list(csv.DictReader(preds.open()))
+    assert [r["review"] for r in rows] == ["a great film", "an awful film", "a dull film"]
+    assert all(r["predicted"] in ("bad", "good") and 0.5 <= float(r["probability"]) <= 1 for r in rows)
+    assert main(["predict", str(run), "--data", str(texts), "--text-column", "review", "--output", str(preds)]) == 2
+    assert "exists; choose another file or pass --overwrite" in capsys.readouterr().err
+
+
+def test_predict_generates_a_response_per_prompt_for_an_sft_run(tiny_model, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}"}) + "\n" for i in range(60)))
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model, pairs, run, "--task", "sft", "--max-steps", "2")) == 0
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt\nsay 1\nsay 2\n")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run), "--data", str(prompts), "--output", str(out), "--max-new-tokens", "3"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["prompt"] for r in rows] == ["say 1", "say 2"] and all("generated" in r for r in rows)
+
+
+def test_report_to_tensorboard_writes_loss_learning_rate_and_round(tiny_model, reviews_csv, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = train_args(tiny_model, reviews_csv, run, "--method", "xgblora", "--steps-per-round", "2")
+    assert main([*args, "--report-to", "tensorboard"]) == 0
+    (events,) = {path.parent for path in run.rglob("events.out.tfevents.*")}
+    scalars = EventAccumulator(str(events))
+    scalars.Reload()
+    assert {"train/loss", "train/learning_rate", "train/round"} <= set(scalars.Tags()["scalars"])
+    rounds = [(event.step, event.value) for event in scalars.Scalars("train/round")]
+    assert rounds == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2)]  # each step's round, as metrics.jsonl has it

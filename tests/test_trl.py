@@ -1,16 +1,14 @@
 """TRL's SFTTrainer drives a Booster through BoostCallback as transformers' Trainer does: rounds merge, a
 checkpoint resumes bit for bit, and the exported adapter loads in plain PEFT."""
 
-import pytest
 import torch
 import transformers
+import trl
 from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
 
 from loraboost import BoostCallback, BoostConfig, Booster
-
-trl = pytest.importorskip("trl", reason="trl is a test extra")
 
 PAIRS = [("Say hello.", "Hello!"), ("Count to three.", "One, two, three."), ("Name a colour.", "Blue.")]
 

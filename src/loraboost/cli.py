@@ -1,5 +1,5 @@
-"""The command line: `loraboost train | compare | eval | export | demo`. Options come from the RunOptions and
-BoostConfig dataclasses (one source of truth); any of them can also be set in a YAML file (--config)."""
+"""The command line: `loraboost train | compare | eval | predict | export | demo`. Options come from the RunOptions and
+BoostConfig dataclasses (read by flags.py); any of them can also be set in a YAML file (--config)."""
 
 from __future__ import annotations
 
@@ -10,114 +10,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import PRESETS, BoostConfig
-from .export import check_adapter_file
+from .config import BoostConfig
+from .flags import add_dataclass_options, parse_value, resolve, run_overrides
 from .options import RunOptions
-from .run import load_run, prepare, train
-from .run_folder import STATE
+from .terminal import quiet_third_parties
 
 USAGE_ERROR = 2
-HELP = {
-    "model": "'default' (the embedded SmolLM2-135M-Instruct), 'minilm' (the embedded all-MiniLM-L6-v2) "
-    "or a local model folder",
-    "data": "'default' (= 'movie-reviews', sentiment), 'trec' (question type, 6 classes), 'trec-fine' (50 classes; "
-    "an encoder such as minilm), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name",
-    "eval_steps": "score the validation split every N steps into metrics.jsonl (the learning curve); "
-    "0: only at the end",
-    "full_finetune": "train every weight of the model instead of boosters (a baseline; saves RUN/model)",
-    "task": "classify (label words) or sft (prompt -> response)",
-    "template": "prompt template with {text} (classify) or {prompt} (sft)",
-    "label_words": "one word per class, comma-separated, in the order of the sorted labels",
-    "max_steps": "optimizer steps; -1 to train for --epochs instead",
-    "output": "run folder (config, metrics.jsonl, checkpoints, adapter/, summary.json)",
-    "method": f"boosting method: {', '.join(PRESETS)}",
-    "target_modules": "'all-linear', comma-separated module names, or a regular expression",
-    "layers_per_round": "blocks per round: a count, a fraction in (0, 1], or none for all",
-}
 
 
-def parse_value(text: str) -> Any:
-    """A CLI value as YAML would read it (numbers, true/false, none), with commas making a list."""
-    if "," in text:
-        return [parse_value(part) for part in text.split(",") if part]
-    if text.lower() in ("none", "null"):
-        return None
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 5e-5 (no dot) as a string
-            return float(text)
-        except ValueError:
-            return text
-    return value if isinstance(value, (int, float, bool)) else text
+def _other_data(finished, changes: dict[str, Any], labelled: bool = True):
+    """A Task like the run's, reading ``changes["data"]`` through the run's columns and template unless changed,
+    and that data set, checked: its columns exist and (``labelled``) its classes are the run's."""
+    from .data import load_data, require_columns
+    from .task import Task
 
-
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            group.add_argument(flag, action="store_true", default=None, help=HELP.get(f.name))
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else None
-            shown = "" if repr(default).startswith("<") else f" (default: {default})"
-            group.add_argument(
-                flag,
-                type=parse_value,
-                default=None,
-                metavar="VALUE",
-                help=(HELP.get(f.name) or f.name.replace("_", " ")) + shown,
-            )
-
-
-def _resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
-    """YAML first, then the flags given on the command line: the run options and the BoostConfig values."""
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(read_config(args.config))
-    skip = ("command", "config", "methods", "seeds", "no_base", "run", "metrics_file")
-    values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
-    run_names = {f.name for f in dataclasses.fields(RunOptions)}
-    boost_names = {f.name for f in dataclasses.fields(BoostConfig)}
-    unknown = sorted(set(values) - run_names - boost_names)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} in {args.config}; see loraboost train --help.")
-    for key in ("label_words", "report_to"):  # lists, even when one item was given
-        if isinstance(values.get(key), str):
-            values[key] = [values[key]]
-    options = RunOptions(**{k: v for k, v in values.items() if k in run_names})
-    boost = {k: v for k, v in values.items() if k in boost_names}
-    boost["seed"] = options.seed
-    return options, boost
-
-
-def read_config(name: str) -> dict[str, Any]:
-    """A YAML file of options: a mapping of option names to values (an empty file is no options)."""
-    path = Path(name)
-    if not path.is_file():
-        raise ValueError(f"config file {name!r} does not exist.")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or type(error).__name__
-        raise ValueError(
-            f"config file {name!r} is not valid YAML ({problem}{where}); write one 'option: value' per line."
-        ) from None
-    except UnicodeDecodeError:
-        raise ValueError(f"config file {name!r} is not UTF-8 text; save it as UTF-8.") from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise ValueError(
-            f"config file {name!r} holds a YAML {type(content).__name__}, not a mapping of options; "
-            "write one 'option: value' per line."
-        )
-    return content
+    options = dataclasses.replace(finished.options, **changes)
+    data = load_data(options.data)
+    if options.task == "classify":
+        columns = {"text_column": options.text_column, **({"label_column": options.label_column} if labelled else {})}
+    else:
+        columns = {
+            "prompt_column": options.prompt_column,
+            **({"response_column": options.response_column} if labelled else {}),
+        }
+    require_columns(data, columns)
+    task = Task(options, finished.tokenizer, finished.task.classes, finished.task.head)
+    if labelled and options.task == "classify":
+        task.check_labels(data)
+    return task, data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: loraboost train --method xgblora --data reviews.csv --label-words ' bad, good' "
         "--output runs/xgb   (then: loraboost eval runs/xgb; loraboost export runs/xgb --to merged out/)",
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show the libraries' own warnings and logs (hidden by default)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -135,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune with transformers' Trainer and BoostCallback into a run folder.",
     )
     p.add_argument("--config", help="a YAML file of options (the flags below override it)")
-    _add_dataclass_options(p, RunOptions, "run")
+    add_dataclass_options(p, RunOptions, "run")
     # One --seed drives both the data (splits, order) and the booster's plan and initialisations.
-    _add_dataclass_options(
+    add_dataclass_options(
         p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)", skip=("seed",)
     )
 
@@ -151,19 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=parse_value, default="lora,cola,xgblora", help="comma-separated presets")
     p.add_argument("--seeds", type=parse_value, default="0,1,2", help="comma-separated seeds")
     p.add_argument("--no-base", action="store_true", help="skip the untuned model's row")
-    _add_dataclass_options(p, RunOptions, "run (shared by every method)", skip=("seed", "overwrite", "resume"))
-    _add_dataclass_options(p, BoostConfig, "boosting overrides (applied to every method)", skip=("seed", "method"))
+    add_dataclass_options(p, RunOptions, "run (shared by every method)", skip=("seed", "overwrite", "resume"))
+    add_dataclass_options(p, BoostConfig, "boosting overrides (applied to every method)", skip=("seed", "method"))
 
     p = commands.add_parser(
         "eval",
-        help="score a finished run, or a base model, on the test split",
-        description="Score a finished run (its test split), or a base model before fine-tuning "
-        "(given with --model, --data and the task options).",
+        help="score a finished run (its held-out splits, one --split, or another --data file), or a base model",
+        description="Score a finished run on its held-out splits, on one --split, or on another data file (--data, "
+        "read with the run's columns and template unless given); or a base model before fine-tuning (given with "
+        "--model, --data and the task options).",
     )
     p.add_argument("run", nargs="?", help="a run folder written by loraboost train; omit to score --model")
-    p.add_argument("--metrics-file", help="where to save the metrics (default: RUN/eval.json, else eval.json)")
+    p.add_argument(
+        "--metrics-file",
+        help="where to save the metrics (default: RUN/eval.json, RUN/eval-data.json with --data, RUN/eval-SPLIT.json "
+        "with --split; eval.json for a base model)",
+    )
+    p.add_argument("--split", choices=["train", "validation", "test"], help="score only this split of the run's data")
     p.add_argument("--config", help="a YAML file of options for a base model")
-    _add_dataclass_options(
+    add_dataclass_options(
         p,
         RunOptions,
         "base model (when no run is given)",
@@ -183,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
             "eval_steps",
         ),
     )
+
+    p = commands.add_parser(
+        "predict",
+        help="apply a finished run to new texts",
+        description="Apply a finished run to every row of a data file: the predicted class and its probability "
+        "(classify) or the generated response (sft), written as CSV beside the input columns.",
+    )
+    p.add_argument("run", help="a run folder written by loraboost train")
+    p.add_argument("--data", required=True, help="a .csv/.tsv/.jsonl/.json/.parquet file (or an embedded data set)")
+    p.add_argument("--output", required=True, help="the CSV file to write")
+    p.add_argument("--text-column", type=parse_value, help="the column to classify (default: the run's)")
+    p.add_argument("--prompt-column", type=parse_value, help="the column with the prompts (sft; default: the run's)")
+    p.add_argument("--template", type=parse_value, help="the prompt template (default: the run's)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per response (sft; default: 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     p = commands.add_parser("export", help="export a finished run", description="Export a finished run.")
     p.add_argument("run", help="a run folder written by loraboost train")
@@ -204,14 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in argv
+    if not verbose:
+        quiet_third_parties()  # before the libraries load: some warn as they are imported
+    argv = [arg for arg in argv if arg != "--verbose"]
     if argv[:1] == ["demo"]:
         from .demo import main as demo
 
         return demo(argv[1:])
     args = build_parser().parse_args(argv)
+    # The libraries load here, after the terminal is set up.
+    from .atomic import atomic_file
+    from .export import check_adapter_file
+    from .run import load_run, prepare, train
+    from .run_folder import STATE
+    from .task import majority_warning
+
     try:
         if args.command == "train":
-            options, boost = _resolve(args)
+            options, boost = resolve(args)
             summary = train(options, BoostConfig(**boost))
             print(json.dumps(summary, indent=1))
             saved = "fine-tuned model in {}/model" if options.full_finetune else "adapter in {}/adapter"
@@ -221,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
             methods = args.methods if isinstance(args.methods, list) else [args.methods]
             seeds = args.seeds if isinstance(args.seeds, list) else [args.seeds]
-            options, boost = _resolve(args)
+            options, boost = resolve(args)
             configs = {m: BoostConfig(**{**boost, "method": m}) for m in methods}  # validates every method
             compare(options, configs, [int(s) for s in seeds], options.output, include_base=not args.no_base)
         elif args.command == "eval":
@@ -237,17 +192,54 @@ def main(argv: list[str] | None = None) -> int:
                             f"{run / 'adapter'} --overwrite."
                         ) from None
                 finished = load_run(run)
-                booster, task, splits = finished.booster, finished.task, finished.splits
                 print(f"loraboost eval: scoring {run} from {run / STATE}", file=sys.stderr)
-                model, target = booster.model, Path(args.metrics_file or run / "eval.json")
+                model, task, splits, name = finished.booster.model, finished.task, finished.splits, "eval"
+                changes = run_overrides(args)
+                if changes:  # another data set, through the run's own columns and template unless given
+                    task, data = _other_data(finished, changes)
+                    splits, name = {"train": finished.splits["train"], "data": task.prepare(data)}, "eval-data"
+                if args.split:
+                    if args.split not in splits:
+                        raise ValueError(
+                            f"--split {args.split!r} is not a split of this run; use one of {list(splits)}."
+                        )
+                    splits = {"train": splits["train"], args.split: splits[args.split]}
+                    name = f"eval-{args.split}"
+                metrics = task.score(model, splits)
+                if args.split == "train":
+                    metrics["train"] = task.evaluate(model, splits["train"])
+                target = Path(args.metrics_file or run / f"{name}.json")
             else:
-                options, boost = _resolve(args)
+                if args.split:
+                    raise ValueError("--split applies to a finished run; a base model is scored on its test split.")
+                options, boost = resolve(args)
                 model, _, task, splits = prepare(options, BoostConfig(**boost))
+                metrics = task.score(model, splits)
                 target = Path(args.metrics_file or "eval.json")
-            metrics = {name: task.evaluate(model, split) for name, split in splits.items() if name != "train"}
             target.write_text(json.dumps(metrics, indent=1))
             print(json.dumps(metrics, indent=1))
+            warning = majority_warning(metrics)
+            if warning:
+                print(warning, file=sys.stderr)
             print(f"saved: {target}")
+        elif args.command == "predict":
+            output = Path(args.output)
+            if output.exists() and not args.overwrite:
+                raise ValueError(f"--output {args.output!r} exists; choose another file or pass --overwrite.")
+            finished = load_run(args.run)
+            columns = {k: getattr(args, k) for k in ("text_column", "prompt_column", "template") if getattr(args, k)}
+            task, data = _other_data(finished, {**columns, "data": args.data}, labelled=False)
+            model = finished.booster.model
+            if task.options.task == "classify":
+                predicted = task.predict(model, list(data[task.options.text_column]))
+                data = data.add_column("predicted", [label for label, _ in predicted])
+                data = data.add_column("probability", [round(p, 6) for _, p in predicted])
+            else:
+                prompts = [str(p) for p in data[task.options.prompt_column]]
+                data = data.add_column("generated", task.generate(model, prompts, args.max_new_tokens))
+            with atomic_file(output) as staging:
+                data.to_csv(str(staging), index=False)
+            print(f"wrote {len(data)} predictions to {output}")
         elif args.command == "export":
             if args.rank is not None and args.to == "merged":
                 raise ValueError("--rank applies to --to adapter only; a merged model is always exact.")

@@ -8,9 +8,51 @@ from dataclasses import dataclass, field
 TASKS = ("classify", "sft")
 
 
+# Peak learning rates per method where --learning-rate is not given: the rates BENCHMARKS.md's quality runs picked
+# on validation most often (MiniLM and SmolLM2-135M, AdamW, about 60-600 steps). Rank-1 boosters that restart
+# every round want a larger rate than rank-8 LoRA; full fine-tuning a far smaller one.
+DEFAULT_LEARNING_RATE = {"xgblora": 1e-2, "raclora": 1e-2, "lora": 3e-3, "cola": 3e-3, "relora": 3e-3, "full": 1e-4}
+DEFAULT_SPLITS = {"train": 1000, "test": 500}  # COLA's protocol, where the data has room for it
+TEST_SHARE = 0.2  # of a data set too small for DEFAULT_SPLITS, held out for test
+
+
 @dataclass
 class RunOptions:
-    """Everything a run needs besides the BoostConfig; every field is a CLI option and a YAML key."""
+    """Everything a run needs besides the BoostConfig; every field is a CLI option and a YAML key.
+
+    Args:
+        model: 'default' (the embedded SmolLM2-135M-Instruct), 'minilm' (the embedded all-MiniLM-L6-v2),
+            or a local model folder.
+        data: an embedded data set ('default' = 'movie-reviews', 'trec', 'trec-fine', 'word-valence';
+            'movie-dialog' for sft), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name.
+        task: classify (by label words, or an encoder's head) or sft (prompt -> response).
+        text_column: the column with the text to classify.
+        label_column: the column with each row's class.
+        prompt_column: the column with the prompt (sft).
+        response_column: the column with the response to learn (sft).
+        template: the prompt template, with {text} (classify) or {prompt} (sft); an embedded set brings its own.
+        label_words: one word per class, comma-separated, in the order of the sorted labels.
+        train_size: training examples, sampled with the seed (default 1000, or what a small data set leaves).
+        validation_size: validation examples (default 0: none).
+        test_size: test examples (default 500, or a fifth of a data set too small for 1000 + 500).
+        max_length: tokens per example; longer ones are truncated (and counted).
+        max_steps: optimizer steps; -1 to train for --epochs instead.
+        epochs: passes over the training split (when max_steps is -1).
+        batch_size: examples per device per step.
+        gradient_accumulation: micro-batches per optimizer step.
+        learning_rate: the peak learning rate (default: the method's, e.g. 1e-2 for xgblora, 3e-3 for lora).
+        lr_scheduler: the Trainer's schedule: linear, cosine, constant, ...
+        warmup_ratio: share of the steps spent warming up.
+        save_steps: write a resumable checkpoint every this many steps.
+        seed: seeds the splits, the data order, the new head and the booster's plan and initialisations.
+        output: the run folder (run.json, metrics.jsonl, checkpoints, adapter/, summary.json).
+        overwrite: replace a finished run in --output (the old one stays until the new one finishes).
+        resume: continue the run in --output from its newest complete checkpoint.
+        report_to: loggers for the Trainer, comma-separated (e.g. tensorboard).
+        full_finetune: train every weight instead of boosters (the baseline; saves RUN/model).
+        eval_steps: score the validation split every N steps into metrics.jsonl (the learning curve); 0: only
+            at the end.
+    """
 
     model: str = "default"
     data: str = "default"
@@ -21,15 +63,15 @@ class RunOptions:
     response_column: str = "response"
     template: str | None = None
     label_words: list[str] | None = None
-    train_size: int = 1000
+    train_size: int | None = None  # None: DEFAULT_SPLITS, or what fits the data (fit_splits)
     validation_size: int = 0
-    test_size: int = 500
+    test_size: int | None = None
     max_length: int = 128
     max_steps: int = -1
     epochs: float = 1.0
     batch_size: int = 16
     gradient_accumulation: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE of the method
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.05
     save_steps: int = 100
@@ -39,13 +81,15 @@ class RunOptions:
     resume: bool = False
     report_to: list[str] = field(default_factory=list)
     full_finetune: bool = False
-    eval_steps: int = 0  # score the validation split every this many steps (0: only at the end)
+    eval_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not valid; use one of {', '.join(TASKS)}.")
         for name in ("train_size", "test_size", "batch_size", "gradient_accumulation", "save_steps", "max_length"):
             value = getattr(self, name)
+            if value is None and name in ("train_size", "test_size"):
+                continue  # fitted to the data
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is not valid; use an integer >= 1.")
         if isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int) or self.eval_steps < 0:
@@ -59,5 +103,29 @@ class RunOptions:
         steps = self.max_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps != -1 and steps < 1:
             raise ValueError(f"max_steps={steps!r} is not valid; use a step count >= 1, or -1 to train for --epochs.")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+        lr = self.learning_rate
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise ValueError(f"learning_rate={self.learning_rate!r} is not valid; use a positive number.")
+
+
+def default_learning_rate(method: str, full_finetune: bool) -> float:
+    """The peak rate a run of ``method`` uses when none is given (DEFAULT_LEARNING_RATE)."""
+    return DEFAULT_LEARNING_RATE["full" if full_finetune else method]
+
+
+def fit_splits(options: RunOptions, rows: int) -> dict[str, int]:
+    """The split sizes of a run on ``rows`` examples: those given, and for those not given the defaults
+    (1000 train, 500 test) when they fit beside the rest, else a fifth of the data for test and the rest,
+    up to 1000, for training."""
+    validation = options.validation_size
+    test = options.test_size
+    if test is None:
+        room = rows - validation - (options.train_size or DEFAULT_SPLITS["train"])
+        test = DEFAULT_SPLITS["test"] if room >= DEFAULT_SPLITS["test"] else max(1, int(rows * TEST_SHARE))
+    train = options.train_size
+    if train is None:
+        train = max(1, min(DEFAULT_SPLITS["train"], rows - validation - test))
+    sizes = {"train": train, "test": test}
+    if validation:
+        sizes["validation"] = validation
+    return sizes

@@ -22,8 +22,16 @@ from .config import BoostConfig
 from .data import EMBEDDED, load_data, require_columns, sample_splits
 from .hf import BoostCallback
 from .models import head_module_name, is_encoder, load_model, model_folder, save_model
-from .monitors import MetricsLog, OptimizerStatePeak, PeakMemory, Progress, StopOnInterrupt, ValidationCurve
-from .options import RunOptions
+from .monitors import (
+    MetricsLog,
+    OptimizerStatePeak,
+    PeakMemory,
+    Progress,
+    StopOnInterrupt,
+    ValidationCurve,
+    round_of_step,
+)
+from .options import RunOptions, default_learning_rate, fit_splits
 from .run_folder import (
     FINISHED,
     FULL_MODEL,
@@ -41,7 +49,7 @@ from .run_folder import (
     trim_metrics,
     write_run_file,
 )
-from .task import Task
+from .task import Task, majority_warning
 
 
 class TaskTrainer(transformers.Trainer):
@@ -50,6 +58,12 @@ class TaskTrainer(transformers.Trainer):
     def __init__(self, *args, task: Task, booster: Booster | None, **kwargs):
         super().__init__(*args, **kwargs)
         self.task, self.booster = task, booster
+
+    def log(self, logs, *args, **kwargs):
+        # The round each step trained in, beside its loss: the reporters (TensorBoard, ...) plot it as a scalar.
+        if "loss" in logs:
+            logs = {**logs, "round": round_of_step(self.booster, self.state.global_step)}
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = self.task.loss(model, dict(inputs), self.booster)
@@ -81,10 +95,15 @@ def prepare(options: RunOptions, boost: BoostConfig):
         else {"prompt_column": options.prompt_column, "response_column": options.response_column}
     )
     require_columns(data, columns)
-    sizes = {"train": options.train_size, "test": options.test_size}
-    if options.validation_size:
-        sizes["validation"] = options.validation_size
+    fitted = options.train_size is None or options.test_size is None
+    sizes = fit_splits(options, len(data))
     raw_splits = sample_splits(data, sizes, options.seed)  # checked before the (slow) model load
+    options.train_size, options.test_size = sizes["train"], sizes["test"]  # run.json keeps what was used
+    if fitted:
+        shown = " / ".join(f"{size} {name}" for name, size in sizes.items())
+        print(f"loraboost: splits of the {len(data)} examples: {shown} (seed {options.seed})", file=sys.stderr)
+    if options.learning_rate is None:
+        options.learning_rate = default_learning_rate(boost.method, options.full_finetune)
     classes = None
     if options.task == "classify":
         classes = sorted(set(data[options.label_column]))
@@ -213,7 +232,10 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
             p.numel() for _, p in extra_trainables(booster)
         )  # e.g. a classifier head
         rounds = len(booster.ledger)
-    metrics = {name: task.evaluate(trained, split) for name, split in splits.items() if name != "train"}
+    metrics = task.score(trained, splits)
+    warning = majority_warning(metrics)
+    if warning:
+        print(warning, file=sys.stderr)
     summary = {
         "method": method,
         "seed": options.seed,

@@ -4,12 +4,22 @@ canonical rows, Trainer batches, the training loss and the held-out metrics."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from typing import Any
 
 import torch
 from torch import nn
 
 from .booster import Booster
-from .evaluate import LabelWordTask, ResponseTask, answer_logits, count_correct, label_word_accuracy, response_loss
+from .evaluate import (
+    LabelWordTask,
+    ResponseTask,
+    answer_logits,
+    count_correct,
+    label_word_accuracy,
+    response_loss,
+    to_model_device,
+)
 from .options import RunOptions
 
 DEFAULT_TEMPLATE = {"classify": "{text}\nAnswer:", "sft": "{prompt}\n"}
@@ -111,6 +121,86 @@ class Task:
             if self.options.task == "classify":
                 return {"accuracy": label_word_accuracy(model, self.tokenizer, self.definition, data, progress=bar)}
             return response_loss(model, self.tokenizer, self.definition, data, progress=bar)
+
+    def score(self, model: nn.Module, splits: dict, progress: bool = True) -> dict[str, dict[str, float]]:
+        """The metrics of every split but ``train``; for classification also ``majority_accuracy``, the share
+        of the split whose class is the training split's most common one: what a model that learned nothing
+        scores."""
+        metrics = {name: self.evaluate(model, split, progress) for name, split in splits.items() if name != "train"}
+        if self.options.task == "classify" and "train" in splits:
+            majority = Counter(splits["train"]["label"]).most_common(1)[0][0]
+            for name, split in splits.items():
+                if name != "train":
+                    metrics[name]["majority_accuracy"] = split["label"].count(majority) / len(split)
+        return metrics
+
+    def check_labels(self, data) -> None:
+        """Refuse rows whose class the run never saw (it has no output for them), naming the first."""
+        known = set(self.classes)
+        unknown = [label for label in data[self.options.label_column] if label not in known]
+        if unknown:
+            raise ValueError(
+                f"label_column={self.options.label_column!r} has {len(unknown)} value(s) this run was not trained on "
+                f"(the first is {unknown[0]!r}); its classes are {self.classes}."
+            )
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, texts: list[str], batch_size: int = 32) -> list[tuple[Any, float]]:
+        """Each text's predicted class (as the data names it) and the probability the model gives that class
+        among the classes (softmax over the head's logits, or over the label words' next-token logits)."""
+        from datasets import Dataset
+        from tqdm.auto import tqdm
+
+        rows = Dataset.from_dict({"text": [str(t) for t in texts], "label": [0] * len(texts)})
+        was_training = model.training
+        model.eval()
+        predictions = []
+        for start in tqdm(range(0, len(rows), batch_size), desc="predict", unit="batch", file=sys.stderr):
+            inputs = self.collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            inputs = to_model_device(model, {k: v for k, v in inputs.items() if k != "labels"})
+            scores = model(**inputs).logits if self.head else answer_logits(model, inputs)[:, self.label_ids]
+            probabilities = scores.float().softmax(-1).cpu()
+            best = probabilities.argmax(-1)
+            predictions += [(self.classes[int(i)], float(p[i])) for i, p in zip(best, probabilities)]
+        model.train(was_training)
+        return predictions
+
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 16
+    ) -> list[str]:
+        """Each prompt's response, decoded greedily after the task's template (sft)."""
+        from tqdm.auto import tqdm
+
+        tokenizer, template = self.tokenizer, self.definition.template
+        tokenizer.padding_side = "left"  # generation continues from the last position of every row
+        was_training = model.training
+        model.eval()
+        responses = []
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", file=sys.stderr):
+            batch = [template.format(prompt=p) for p in prompts[start : start + batch_size]]
+            inputs = tokenizer(
+                batch, return_tensors="pt", padding=True, truncation=True, max_length=self.options.max_length
+            )
+            inputs = to_model_device(model, dict(inputs))
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            responses += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        model.train(was_training)
+        return [response.strip() for response in responses]
+
+
+def majority_warning(metrics: dict[str, dict[str, float]]) -> str | None:
+    """A warning when a classifier's test accuracy does not beat always answering the most common class."""
+    test = metrics.get("test", {})
+    if "majority_accuracy" not in test or test["accuracy"] > test["majority_accuracy"]:
+        return None
+    return (
+        f"loraboost: warning: test accuracy {test['accuracy']:.3f} does not beat always answering the most common "
+        f"training class ({test['majority_accuracy']:.3f}), so the model has not learned the task; train longer "
+        "(--epochs, --max-steps) or try another --learning-rate."
+    )
 
 
 def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32, progress=None) -> float:

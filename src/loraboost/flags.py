@@ -1,0 +1,140 @@
+"""How the command line reads options: each dataclass field becomes a flag (its help from the field's docstring
+entry), values are read as YAML would read them, and a YAML config file comes first with the flags over it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import BoostConfig
+from .options import RunOptions
+
+
+def field_help(cls) -> dict[str, str]:
+    """Each field's help from the ``Args:`` section of the dataclass's docstring (the one place a field is
+    documented, for Python and the command line alike): its first sentence, on one line, without markup."""
+    doc = inspect.getdoc(cls) or ""
+    if "Args:" not in doc:
+        return {}
+    helps: dict[str, str] = {}
+    name = None
+    for line in doc.split("Args:", 1)[1].splitlines():
+        entry = re.match(r"^    (\w+): (.*)$", line)
+        if entry:
+            name, helps[entry.group(1)] = entry.group(1), entry.group(2)
+        elif name and line.startswith("        "):
+            helps[name] += " " + line.strip()
+        elif line.strip():
+            name = None  # the end of the section
+    # A sentence ends at a full stop before a capital letter ("e.g. the" goes on).
+    first = {key: re.split(r"(?<=\.)\s(?=[A-Z])", text.replace("``", ""), maxsplit=1)[0] for key, text in helps.items()}
+    return {key: text.rstrip(".") for key, text in first.items()}
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value as YAML would read it (numbers, true/false, none), with commas making a list."""
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part]
+    if text.lower() in ("none", "null"):
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 5e-5 (no dot) as a string
+            return float(text)
+        except ValueError:
+            return text
+    return value if isinstance(value, (int, float, bool)) else text
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    group = parser.add_argument_group(title)
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, action="store_true", default=None, help=helps[f.name])
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            # None and the preset sentinel mean "derived"; the help text says from what.
+            shown = "" if default is None or repr(default).startswith("<") else f" (default: {default})"
+            group.add_argument(
+                flag,
+                type=parse_value,
+                default=None,
+                metavar="VALUE",
+                help=helps[f.name] + shown,
+            )
+
+
+def resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
+    """YAML first, then the flags given on the command line: the run options and the BoostConfig values."""
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(read_config(args.config))
+    skip = ("command", "config", "methods", "seeds", "no_base", "run", "metrics_file", "verbose", "split")
+    values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
+    run_names = {f.name for f in dataclasses.fields(RunOptions)}
+    boost_names = {f.name for f in dataclasses.fields(BoostConfig)}
+    unknown = sorted(set(values) - run_names - boost_names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} in {args.config}; see loraboost train --help.")
+    for key in ("label_words", "report_to"):  # lists, even when one item was given
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+    options = RunOptions(**{k: v for k, v in values.items() if k in run_names})
+    boost = {k: v for k, v in values.items() if k in boost_names}
+    boost["seed"] = options.seed
+    return options, boost
+
+
+# What eval and predict may change about a finished run: the data and how it is read, never the model.
+OTHER_DATA_OPTIONS = ("data", "text_column", "label_column", "prompt_column", "response_column", "template")
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The data options given beside a finished run; any other run option is refused (the run fixes it)."""
+    given = {
+        k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in dataclasses.fields(RunOptions)}
+    }
+    fixed = sorted(set(given) - set(OTHER_DATA_OPTIONS))
+    if fixed:
+        flag = "--" + fixed[0].replace("_", "-")
+        raise ValueError(
+            f"{flag} cannot change for a finished run (it trained with its own); only --data and its "
+            "columns and template can."
+        )
+    return given
+
+
+def read_config(name: str) -> dict[str, Any]:
+    """A YAML file of options: a mapping of option names to values (an empty file is no options)."""
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"config file {name!r} does not exist.")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(
+            f"config file {name!r} is not valid YAML ({problem}{where}); write one 'option: value' per line."
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {name!r} is not UTF-8 text; save it as UTF-8.") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"config file {name!r} holds a YAML {type(content).__name__}, not a mapping of options; "
+            "write one 'option: value' per line."
+        )
+    return content
