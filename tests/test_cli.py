@@ -387,3 +387,26 @@ def test_report_to_tensorboard_writes_loss_learning_rate_and_round(tiny_model, r
     assert {"train/loss", "train/learning_rate", "train/round"} <= set(scalars.Tags()["scalars"])
     rounds = [(event.step, event.value) for event in scalars.Scalars("train/round")]
     assert rounds == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2)]  # each step's round, as metrics.jsonl has it
+
+
+def test_a_gguf_model_file_is_converted_once_into_the_cache_and_trains(tmp_path, reviews_csv, monkeypatch, capsys):
+    from conftest import write_tiny_gguf
+
+    monkeypatch.setenv("LORABOOST_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "models").mkdir()
+    gguf = write_tiny_gguf(tmp_path / "models" / "tiny.gguf")
+    run = tmp_path / "run"
+    assert main(train_args(gguf, reviews_csv, run, "--max-steps", "2", "--label-words", " bad, good")) == 0
+    assert "loraboost: converting tiny.gguf into" in capsys.readouterr().err
+    (converted,) = (tmp_path / "cache" / "gguf").iterdir()
+    assert (converted / "model.safetensors").is_file() and (converted / "tokenizer.json").is_file()
+    # The converted folder is the GGUF's model, weight for weight, as transformers itself reads the file.
+    direct = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cached = transformers.AutoModelForCausalLM.from_pretrained(converted)
+    assert all(torch.equal(p, cached.state_dict()[k]) for k, p in direct.state_dict().items())
+    assert (
+        main(train_args(gguf, reviews_csv, tmp_path / "again", "--max-steps", "2", "--label-words", " bad, good")) == 0
+    )
+    assert "converting" not in capsys.readouterr().err  # converted once
+    assert main(train_args(tmp_path / "missing.gguf", reviews_csv, tmp_path / "none")) == 2
+    assert "is not an existing GGUF file" in capsys.readouterr().err

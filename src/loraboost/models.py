@@ -9,21 +9,33 @@ import torch
 import transformers
 from torch import nn
 
-from .assets import default_model_dir, minilm_dir
+from .assets import default_model_dir, gguf_model_dir, minilm_dir
 from .atomic import atomic_folder
+from .errors import first_line
 
 # Embedded models by name; anything else is a local folder (no hub is reachable offline).
 EMBEDDED_MODELS = {"default": default_model_dir, "smollm2": default_model_dir, "minilm": minilm_dir}
 
 
 def model_folder(name: str) -> Path:
-    """An embedded model (``default`` = ``smollm2``: SmolLM2-135M-Instruct; ``minilm``: all-MiniLM-L6-v2)
-    or a local model folder."""
+    """An embedded model (``default`` = ``smollm2``: SmolLM2-135M-Instruct; ``minilm``: all-MiniLM-L6-v2),
+    a local model folder, or a GGUF model file (converted once into the cache, as the embedded default is)."""
+    if name.lower().endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ValueError(f"model {name!r} is not an existing GGUF file; pass the path of a .gguf model file.")
+        try:
+            return gguf_model_dir(Path(name))
+        except (ValueError, KeyError, OSError) as error:
+            raise ValueError(
+                f"model {name!r} could not be read as a GGUF model ({type(error).__name__}: {first_line(error)}); "
+                "transformers reads GGUF files of the architectures it lists, with their tokenizer inside."
+            ) from None
     folder = EMBEDDED_MODELS[name]() if name in EMBEDDED_MODELS else Path(name)
     if not folder.is_dir():
         raise ValueError(
             f"model {name!r} is not a local folder, and no model hub is reachable offline; pass a folder "
-            "saved with save_pretrained, or one of the embedded models 'default' (SmolLM2-135M-Instruct) or 'minilm'."
+            "saved with save_pretrained, a .gguf file, or one of the embedded models 'default' "
+            "(SmolLM2-135M-Instruct) or 'minilm'."
         )
     if not (folder / "config.json").is_file():
         raise ValueError(
