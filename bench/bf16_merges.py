@@ -6,6 +6,8 @@ Variants (``--variants``):
   bf16-plain          a bf16 base, merges added in place (``merge_residual="never"``)
   bf16-fp32-residual  a bf16 base with an fp32 residual per merged weight (what ``"auto"`` does on bf16)
   bf16-bf16-residual  the same with ``merge_residual_dtype="bfloat16"`` (2 bytes per element, not 4)
+  bf16-stochastic     a bf16 base, each merge rounded up or down at random (``merge_residual="stochastic"``):
+                      no residual, every merge kept in expectation
 
 This CPU has no bf16 matmul units (a bf16 MiniLM step runs about 30x slower than an fp32 one), so bf16
 *storage* is emulated and compute stays fp32: every parameter of the loaded model is rounded to a bf16 value,
@@ -54,6 +56,7 @@ VARIANTS = {  # name -> (base held in bf16, merge_residual, merge_residual_dtype
     "bf16-plain": (True, "never", "float32"),
     "bf16-fp32-residual": (True, "always", "float32"),  # "always": the emulated base is stored as fp32 tensors
     "bf16-bf16-residual": (True, "always", "bfloat16"),
+    "bf16-stochastic": (True, "stochastic", "float32"),
 }
 KEPT = "merge_kept.json"
 
@@ -67,7 +70,13 @@ class MergeTracker:
         self.weights: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def __call__(self, weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+    def __call__(
+        self,
+        weight: torch.Tensor,
+        delta: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if id(weight) not in self.weights:
             self.weights[id(weight)] = (
                 weight,
@@ -77,25 +86,32 @@ class MergeTracker:
             )
         self.weights[id(weight)][3].add_(delta.double())
         if not self.bf16:
-            add_delta_(weight, delta, residual)
+            add_delta_(weight, delta, residual, generator)
             return
         held = weight.detach().to(torch.bfloat16)
-        add_delta_(held, delta, residual)  # the library's bf16 arithmetic, on a real bf16 tensor
+        add_delta_(held, delta, residual, generator)  # the library's bf16 arithmetic, on a real bf16 tensor
         weight.copy_(held.float())
 
     def kept(self) -> dict[str, float]:
-        """Share of the exact merged update that the forward weights, and weights plus residual, hold."""
-        exact_sq = forward_sq = held_sq = 0.0
+        """Share of the exact merged update that the forward weights, and weights plus residual, hold; and
+        ``projected``, the forward weights' change projected on the exact update (<change, exact> / |exact|^2):
+        1 when the update is kept on average, even if rounding noise sits around it (stochastic rounding)."""
+        exact_sq = forward_sq = held_sq = along = 0.0
         for weight, residual, start, exact in self.weights.values():
             change = weight.double() - start.double()
             exact_sq += float(exact.square().sum())
             forward_sq += float((change - exact).square().sum())
+            along += float((change * exact).sum())
             if residual is not None:
                 change = change + residual.double()
             held_sq += float((change - exact).square().sum())
         if not exact_sq:
-            return {"forward": 1.0, "held": 1.0}
-        return {"forward": 1 - (forward_sq / exact_sq) ** 0.5, "held": 1 - (held_sq / exact_sq) ** 0.5}
+            return {"forward": 1.0, "held": 1.0, "projected": 1.0}
+        return {
+            "forward": 1 - (forward_sq / exact_sq) ** 0.5,
+            "held": 1 - (held_sq / exact_sq) ** 0.5,
+            "projected": along / exact_sq,
+        }
 
 
 def bf16_valued(load_model):
@@ -121,6 +137,10 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
     run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True)
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(loraboost.booster, "add_delta_", tracker))
+        if policy == "stochastic":  # the emulated base is stored in fp32: round as a real bf16 weight would be
+            stack.enter_context(
+                mock.patch.object(loraboost.booster, "rounds_stochastically", lambda policy, dtype: True)
+            )
         if bf16:
             stack.enter_context(mock.patch.object(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
         summary = train(
@@ -182,15 +202,17 @@ def report(rows: list[dict], header: str) -> str:
         header,
         "",
         "| variant | test accuracy (mean +- std) | per seed | merges | merge size / weight, median "
-        "(range) | merged update kept by the forward weights | by weights + residual |",
-        "|---|---|---|---|---|---|---|",
+        "(range) | merged update kept by the forward weights | by weights + residual | forward change projected "
+        "on the update |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
             f"| {r['rounds_merged']} | {r['merge_size_median']:.1e} ({r['merge_size_range'][0]:.0e} - "
             f"{r['merge_size_range'][1]:.0e}) | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
-            f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} |"
+            f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} "
+            f"| {min(r.get('kept_projected', [1.0])):.3f} - {max(r.get('kept_projected', [1.0])):.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -249,6 +271,7 @@ def main() -> None:
                 "steps": runs[0]["steps"],
                 "kept_forward": [r["kept"]["forward"] for r in runs],
                 "kept_held": [r["kept"]["held"] for r in runs],
+                "kept_projected": [r["kept"].get("projected", float("nan")) for r in runs],
                 "merge_size_median": statistics.median(sizes),
                 "merge_size_range": [sizes[0], sizes[-1]],
             }

@@ -564,8 +564,9 @@ def plot_learning_curves(results: dict, out: Path) -> None:
         metric = rows[0]["validation_curve"].get("metric", "accuracy")
         better = "lower" if metric in LOWER_IS_BETTER else "higher"
         ax.set_title(
-            f"{name}: validation {metric} ({better} is better), mean of {len(rows[0]['test_scores'])} seeds, "
-            "band from lowest to highest seed; dotted: XGBLoRA's merges"
+            f"{name}: validation {metric} ({better} is better), mean of {len(rows[0]['test_scores'])} seeds\n"
+            "band: lowest to highest seed; dotted: XGBLoRA's merges",
+            fontsize=10,
         )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"validation {metric_label(metric)}")

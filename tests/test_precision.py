@@ -98,3 +98,48 @@ def test_always_makes_fp32_reconstruction_exact_for_tiny_updates():
         # In float64: weight + residual holds more digits than one fp32 number.
         held = slot.base_weight.double() + booster.residuals[slot.name].double() - original[slot.name].double()
         assert (held - delta).norm() / delta.norm() <= 1e-5, slot.name
+
+
+def test_stochastic_rounding_is_unbiased_and_repeats_with_its_seed():
+    from loraboost.merge import stochastic_round
+    from loraboost.plan import round_generator
+
+    value = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of the way from 1 to the next bf16 number
+    rounded = stochastic_round(value, torch.bfloat16, round_generator(0, 3, "merge:x"))
+    assert set(rounded.float().unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert abs(rounded.double().mean().item() - (1.0 + 2**-10)) < 2e-5  # the plain bf16 rounding gives 1.0
+    again = stochastic_round(value, torch.bfloat16, round_generator(0, 3, "merge:x"))
+    assert torch.equal(rounded, again)
+    exact = torch.tensor([1.0, -2.5, 0.0])  # representable values stay as they are
+    assert torch.equal(stochastic_round(exact, torch.bfloat16, round_generator(0, 0, "m")).float(), exact)
+
+
+def projected_share(booster, original) -> float:
+    """The weights' change projected on the exact merged update, <held, exact> / |exact|^2: 1 when the update
+    is kept on average, however much rounding noise sits around it."""
+    along = total = 0.0
+    for slot in booster.slots:
+        exact = booster.ledger.delta(slot.name).double()
+        held = booster.merged_weight(slot).double() - original[slot.name]
+        along += (held * exact).sum().item()
+        total += exact.pow(2).sum().item()
+    return along / total
+
+
+def test_stochastic_merges_keep_the_update_on_average_with_no_residual():
+    stochastic, original = bf16_booster("stochastic")
+    assert not stochastic.residuals  # no memory beyond the bf16 weights
+    naive, naive_original = bf16_booster("never")
+    kept, kept_naive = projected_share(stochastic, original), projected_share(naive, naive_original)
+    print(f"bf16, 100 rounds, update kept on average: stochastic {kept:.3f}, plain bf16 add {kept_naive:.3f}")
+    assert 0.9 <= kept <= 1.1 and kept_naive < 0.5
+
+
+def test_stochastic_merges_resume_and_repeat_bit_for_bit(tmp_path):
+    first, _ = bf16_booster("stochastic", rounds=6)
+    second, _ = bf16_booster("stochastic", rounds=6)  # another rank, or the same run again: the same draws
+    first.save_state(tmp_path / "s.safetensors")
+    fresh = Booster(tiny_llama(layers=2).to(torch.bfloat16), first.config)
+    fresh.load_state(tmp_path / "s.safetensors")  # replays the 6 merges, with their draws
+    for a, b, c in zip(first.slots, second.slots, fresh.slots):
+        assert torch.equal(a.base_weight, b.base_weight) and torch.equal(a.base_weight, c.base_weight)

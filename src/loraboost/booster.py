@@ -17,7 +17,15 @@ from .compat import check_private_apis
 from .config import BoostConfig
 from .export import save_adapter, save_merged
 from .ledger import Ledger
-from .merge import LowRankSidePath, add_delta_, as_local_layout, is_quantized, lora_delta, needs_residual
+from .merge import (
+    LowRankSidePath,
+    add_delta_,
+    as_local_layout,
+    is_quantized,
+    lora_delta,
+    needs_residual,
+    rounds_stochastically,
+)
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
 from .sketch import GradientSketcher
@@ -238,7 +246,7 @@ class Booster:
         for entry in self.ledger:
             slot = slots[entry.module]
             A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
-            self._apply_merge(slot, A, B, entry.scale)
+            self._apply_merge(slot, A, B, entry.scale, entry.round)
         for name, param in extra_trainables(self):
             param.copy_(as_local_layout(tensors[f"trainable.{name}"], param))
         for slot in self.slots:
@@ -274,7 +282,7 @@ class Booster:
         finished = self._slots_of(finished_round)
         scale = self.merge_scaling
         for slot in finished:
-            self._apply_merge(slot, slot.A, slot.B, scale)
+            self._apply_merge(slot, slot.A, slot.B, scale, finished_round)
             self.ledger.append(finished_round, slot.name, scale, slot.A, slot.B)
         self._initialise(finished, finished_round + 1)
         reset_optimizer_state(
@@ -369,7 +377,7 @@ class Booster:
         return tuple(keys[i] for i in sorted(chosen.tolist()))
 
     @torch.no_grad()
-    def _apply_merge(self, slot: Slot, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
+    def _apply_merge(self, slot: Slot, A: torch.Tensor, B: torch.Tensor, scale: float, round_index: int) -> None:
         """Put one booster's update ``scale * B @ A`` into ``slot``'s base: added in fp32 into the weight
         (compensated when it has a residual), or stacked on the side path of a quantized layer.
         Used by training and by resuming alike, so a replayed run is bit-identical."""
@@ -377,7 +385,12 @@ class Booster:
         if side is not None:
             side.append(A, B, scale)
         else:
-            add_delta_(slot.base_weight, lora_delta(A, B, scale, slot.fan_in_fan_out), self._residual(slot))
+            # Stochastic rounding draws from (seed, round, module): every rank and every replay rounds alike.
+            weight = slot.base_weight
+            generator = None
+            if rounds_stochastically(self.config.merge_residual, weight.dtype):
+                generator = round_generator(self.config.seed, round_index, f"merge:{slot.name}")
+            add_delta_(weight, lora_delta(A, B, scale, slot.fan_in_fan_out), self._residual(slot), generator)
 
     def _residual(self, slot: Slot) -> torch.Tensor | None:
         """The residual of ``slot``'s weight (in ``merge_residual_dtype``), created on first use when the

@@ -48,15 +48,38 @@ def as_local_layout(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return value
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def stochastic_round(total: torch.Tensor, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """``total`` (fp32) rounded to ``dtype`` up or down at random, with the probability that makes the result
+    equal ``total`` in expectation: a change smaller than the format's step is kept on average, not dropped.
+    The draws come from ``generator`` (on the CPU), so a seeded generator rounds the same way every time."""
+    nearest = total.to(dtype)
+    error = total - nearest.float()  # what rounding to nearest dropped (exact: the two are close)
+    toward = torch.where(error > 0, torch.inf, -torch.inf).to(dtype)
+    other = torch.nextafter(nearest, toward)  # the representable value on the other side of total
+    step = (other.float() - nearest.float()).abs()
+    chance = torch.where(step > 0, error.abs() / step, torch.zeros_like(step))
+    draws = torch.rand(total.shape, generator=generator, dtype=torch.float32).to(total.device)
+    return torch.where(draws < chance, other, nearest)
+
+
 @torch.no_grad()
-def add_delta_(weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+def add_delta_(
+    weight: torch.Tensor,
+    delta: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> None:
     """Add an fp32 ``delta`` into ``weight`` in place, keeping the same Parameter object.
 
     With a ``residual`` (same shape) the sum is compensated (Kahan): ``weight + residual`` holds the
     running total, ``weight`` its rounding to its own dtype, and ``residual`` what each addition dropped,
     which the next merge adds back. In bf16 a plain add rounds small deltas away, while the compensated sum
     keeps them to the residual's precision (a bf16 residual loses its own rounding); BENCHMARKS.md has the
-    measured shares, from bench/merge_precision.py.
+    measured shares, from bench/merge_precision.py. Without a residual, a ``generator`` rounds a bf16/fp16
+    sum stochastically (``stochastic_round``): no memory, and every merge kept in expectation.
     """
     if weight.shape != delta.shape:
         raise ValueError(
@@ -65,6 +88,10 @@ def add_delta_(weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor
     delta = delta.to(dtype=torch.float32)
     if not isinstance(delta, DTensor):
         delta = delta.to(device=weight.device)
+    if residual is None and generator is not None and weight.dtype in LOW_PRECISION:
+        local = local_tensor(weight)  # an FSDP2 shard rounds its own rows, with its own draws
+        local.copy_(stochastic_round(local.float() + local_tensor(delta).to(local.device), weight.dtype, generator))
+        return
     if residual is None:
         weight.add_(delta.to(weight.dtype))
         return
@@ -76,7 +103,12 @@ def add_delta_(weight: torch.Tensor, delta: torch.Tensor, residual: torch.Tensor
 
 def needs_residual(policy: str, dtype: torch.dtype) -> bool:
     """Whether a weight of ``dtype`` gets a residual under ``merge_residual=policy``."""
-    return policy == "always" or policy == "auto" and dtype in (torch.bfloat16, torch.float16)
+    return policy == "always" or policy == "auto" and dtype in LOW_PRECISION
+
+
+def rounds_stochastically(policy: str, dtype: torch.dtype) -> bool:
+    """Whether a merge into a weight of ``dtype`` is rounded stochastically under ``merge_residual=policy``."""
+    return policy == "stochastic" and dtype in LOW_PRECISION
 
 
 def is_quantized(weight: torch.Tensor) -> bool:
