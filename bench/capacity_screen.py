@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import csv
-import gzip
 import json
 import multiprocessing
 import sys
@@ -39,14 +37,12 @@ def cities_csv(out: Path) -> str:
     state a name belongs to (Spanish names in the south-west, Dutch ones in New York, ...)?"""
     path = out / "cities-state.csv"
     if not path.exists():
+        import pandas  # a datasets dependency; its CSV reader takes the file's very long alternate-name fields
+
         source = package_dir(DATA_PACKAGE, DATA_PIN) / "data" / CITIES
-        with gzip.open(source, "rt", encoding="utf-8", newline="") as f:
-            rows = [(r["asciiname"], r["state_abbreviation"]) for r in csv.DictReader(f) if r["state_abbreviation"]]
+        places = pandas.read_csv(source)[["asciiname", "state_abbreviation"]].dropna()
         out.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows)
+        places.rename(columns={"asciiname": "text", "state_abbreviation": "label"}).to_csv(path, index=False)
     return str(path)
 
 
