@@ -4,7 +4,8 @@
 
 MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpointing (gradient checkpointing with the
 settings that BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds (round_init and
-layer_selection "gradient"), whose sketches are summed over the ranks.
+layer_selection "gradient"), whose sketches are summed over the ranks; loop-stochastic and fsdp-stochastic train a
+bf16 model whose merges round stochastically.
 """
 
 import os
@@ -24,10 +25,18 @@ from loraboost.merge import full_tensor
 STEPS, GLOBAL_BATCH = 10, 4
 CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
 GRADIENT = dict(CONFIG, round_init="gradient", layer_selection="gradient")
+STOCHASTIC = dict(CONFIG, merge_residual="stochastic")  # on a bf16 model: merges rounded at random
 
 
 def config(mode: str) -> BoostConfig:
+    if mode.endswith("-stochastic"):
+        return BoostConfig(**STOCHASTIC)
     return BoostConfig(**(GRADIENT if mode.endswith("-gradient") else CONFIG))
+
+
+def base_model(mode: str):
+    model = tiny_llama(seed=0)
+    return model.to(torch.bfloat16) if mode.endswith("-stochastic") else model
 
 
 def global_batches():
@@ -76,7 +85,7 @@ def single_process(mode: str, out: Path):
     """The reference: one process on the whole global batches (the same samples per step as the ranks')."""
     if mode.startswith("trainer"):
         return outcome(trained_by_trainer(out, GLOBAL_BATCH, checkpointing=mode == "trainer-checkpointing"))
-    booster = Booster(tiny_llama(seed=0), config(mode))
+    booster = Booster(base_model(mode), config(mode))
     opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
     for batch in global_batches():
         booster.model(**batch).loss.backward()
@@ -103,7 +112,7 @@ def main(mode: str, out: Path) -> None:
     if not mode.startswith("trainer"):
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-        booster = Booster(tiny_llama(seed=0), config(mode))
+        booster = Booster(base_model(mode), config(mode))
         if mode.startswith("fsdp"):  # FSDP2: every block and the root sharded; merges go into the shards
             for block in booster.model.get_base_model().model.layers:
                 fully_shard(block)

@@ -59,6 +59,14 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(mode, tmp_path):
     assert_close_outcomes(rank0, single_process(mode, tmp_path / "single"), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["loop-stochastic", "fsdp-stochastic"])
+def test_two_ranks_round_stochastic_bf16_merges_alike(mode, tmp_path):
+    rank0, rank1 = run_two_ranks(mode, tmp_path)
+    assert rank0["position"] == (10, 5) and len(rank0["ledger"]) > 0
+    assert all(w.dtype == torch.bfloat16 for w in rank0["weights"].values())
+    assert_close_outcomes(rank0, rank1, atol=0)  # the same draws on every rank (and every shard's own rows)
+
+
 def test_checkpointing_without_unused_parameter_search_is_refused_with_the_fix():
     assert ddp_problem(1, True, None, subsets=True) is None  # one process: no DDP
     assert ddp_problem(2, False, None, subsets=True) is None  # the Trainer's default finds unused ones
