@@ -610,6 +610,8 @@ def gap_closed(sections: dict[str, list[dict]]) -> str:
     names = list(
         dict.fromkeys(n for by_name in cells.values() for n in by_name if n not in ("base", "full", "lora-qv"))
     )
+    if not names:
+        return "\n".join([*lines, "", "No other method has run in these cells yet."])
     lines += ["", "| method | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
     for method in names:
         label = next(by_name[method]["label"] for by_name in cells.values() if method in by_name)

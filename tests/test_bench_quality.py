@@ -217,6 +217,7 @@ def test_gap_closed_is_each_methods_share_of_the_gap_from_lora_to_full_and_says_
     assert "| method | clear | noisy |" in text
     assert "| XGBLORA | +0.50 | +1.00 |" in text and "| COLA | -0.50 | - |" in text
     assert quality.gap_closed({"behind": behind}).startswith("Full fine-tuning leads LoRA r8 q/v in no cell")
+    assert quality.gap_closed({"clear": clear[:3]}).endswith("No other method has run in these cells yet.")
 
 
 def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path):
