@@ -48,8 +48,8 @@ def test_sft_trainer_merges_rounds_resumes_bit_exactly_and_exports_a_peft_adapte
     assert straight.global_step == 6 and len({entry.round for entry in straight.ledger}) == 3  # every round merged
     straight.save_adapter(tmp_path / "straight-adapter")
 
-    # Stopped after the checkpoint at step 3 (mid-round), then resumed on a fresh Booster.
-    sft_run(tiny_model, tmp_path / "stopped", max_steps=6, resume=None)
+    # A second run, then its checkpoint at step 3 (mid-round) resumed on a fresh Booster over the original base.
+    sft_run(tiny_model, tmp_path / "stopped")
     resumed = sft_run(tiny_model, tmp_path / "stopped", resume=str(tmp_path / "stopped" / "checkpoint-3"))
     resumed.save_adapter(tmp_path / "resumed-adapter")
     a = load_file(tmp_path / "straight-adapter" / "adapter_model.safetensors")
