@@ -129,6 +129,21 @@ METHODS = {
         "XGBLoRA, gradient blocks only", dict(method="xgblora", layer_selection="gradient"), lr_grid=XGB_GRID
     ),
     "cola-grad": Method("COLA, links start on the gradient", dict(method="cola", round_init="gradient")),
+    # The alternatives: each round starts with one rank-1 descent step along the gradient (LoRA-One's start), and
+    # the blocks with the largest gaps train (Frank-Wolfe's own choice), with forced visits so none is starved.
+    "xgblora-gradstep": Method(
+        "XGBLoRA, one-descent-step start only (LoRA-One)",
+        dict(method="xgblora", round_init="gradient-step"),
+        lr_grid=XGB_GRID,
+    ),
+    "xgblora-topk": Method(
+        "XGBLoRA, top-k gradient blocks only", dict(method="xgblora", layer_selection="gradient-topk"), lr_grid=XGB_GRID
+    ),
+    "xgblora-gradstep-topk": Method(
+        "XGBLoRA, one-descent-step start and top-k gradient blocks",
+        dict(method="xgblora", round_init="gradient-step", layer_selection="gradient-topk"),
+        lr_grid=XGB_GRID,
+    ),
 }
 
 
@@ -224,8 +239,10 @@ class Plan(NamedTuple):
 # runs took): every method and ablation on MiniLM TREC, the main methods on MiniLM movie reviews, and on
 # SmolLM2, where a run takes about 4 min, the methods that the verdict turns on, on TREC, where they differ.
 # A model and task left out runs nothing by default; anything runs when named with --methods / --ablations.
+# The gradient-round variants beyond xgblora-grad are ablations of it: they run when named (`--methods gradient`).
+GRADIENT_VARIANTS = ("xgblora-gradinit", "xgblora-gradsel", "xgblora-gradstep", "xgblora-topk", "xgblora-gradstep-topk")
 DEFAULT_PLAN = {
-    ("minilm", "trec"): Plan(("base", *METHODS), ablations=True),
+    ("minilm", "trec"): Plan(("base", *(m for m in METHODS if m not in GRADIENT_VARIANTS)), ablations=True),
     ("minilm", "movie-reviews"): Plan(("base", "lora-qv", "cola", "xgblora", "lora-r1-all")),
     ("smollm2", "trec"): Plan(("base", "lora-qv", "lora-all", "xgblora")),
 }
@@ -242,6 +259,9 @@ CAPACITY_GRID = (
     "relora",
     "xgblora-grad",
 )
+# Gradient-boosted rounds (issue 19): every variant beside literal XGBLoRA, its matched baseline and COLA.
+GRADIENT_ROWS = ("xgblora", "lora-r1-all", "xgblora-grad", *GRADIENT_VARIANTS, "cola", "cola-grad")
+METHOD_GROUPS = {"capacity": CAPACITY_GRID, "gradient": GRADIENT_ROWS}
 SIZES = dict(train_size=1000, validation_size=500, test_size=1000)
 QUICK_SIZES = dict(train_size=320, validation_size=100, test_size=200)
 
@@ -735,8 +755,8 @@ def chosen_methods(args: argparse.Namespace, model: str, task: str) -> list[str]
         return []
     if (model, task) in UNSUPPORTED:
         return []
-    if args.methods == "capacity":
-        return list(CAPACITY_GRID)
+    if args.methods in METHOD_GROUPS:
+        return list(METHOD_GROUPS[args.methods])
     if args.methods == "all" or (args.quick and not args.methods):
         return ["base", *METHODS]
     if args.methods:
@@ -765,7 +785,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         help=f"comma-separated grid methods: base, {', '.join(METHODS)}; or all; or "
-        "capacity (CAPACITY_GRID, the capacity cell's methods) "
+        "capacity (CAPACITY_GRID, the capacity cell's methods); or gradient (GRADIENT_ROWS, issue 19's variants) "
         "(default: DEFAULT_PLAN's for each model and task)",
     )
     parser.add_argument("--part", choices=["grid", "ablations", "all"], default="all")
@@ -802,7 +822,7 @@ def main() -> None:
     for name in tasks:
         if name not in TASKS:
             parser.error(f"task {name!r} is unknown; use {' or '.join(TASKS)}.")
-    for name in (args.methods if args.methods not in (None, "all", "capacity") else "base").split(","):
+    for name in (args.methods if args.methods not in (None, "all", *METHOD_GROUPS) else "base").split(","):
         if name != "base" and name not in METHODS:
             parser.error(f"method {name!r} is not in the grid; use base or one of {', '.join(METHODS)}.")
     known_ablations = [a.name for a in ABLATIONS]

@@ -3,8 +3,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT
 
 MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpointing (gradient checkpointing with the
-settings that BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds (round_init and
-layer_selection "gradient"), whose sketches are summed over the ranks; loop-stochastic and fsdp-stochastic train a
+settings that BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds, whose sketches are
+summed over the ranks (the loop: round_init and layer_selection "gradient"; FSDP2, whose shards must each take their
+rows of both factors: "gradient-step" and "gradient-topk"); loop-stochastic and fsdp-stochastic train a
 bf16 model whose merges round stochastically.
 """
 
@@ -25,12 +26,15 @@ from loraboost.merge import full_tensor
 STEPS, GLOBAL_BATCH = 10, 4
 CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
 GRADIENT = dict(CONFIG, round_init="gradient", layer_selection="gradient")
+GRADIENT_STEP = dict(CONFIG, round_init="gradient-step", layer_selection="gradient-topk")
 STOCHASTIC = dict(CONFIG, merge_residual="stochastic")  # on a bf16 model: merges rounded at random
 
 
 def config(mode: str) -> BoostConfig:
     if mode.endswith("-stochastic"):
         return BoostConfig(**STOCHASTIC)
+    if mode == "fsdp-gradient":
+        return BoostConfig(**GRADIENT_STEP)
     return BoostConfig(**(GRADIENT if mode.endswith("-gradient") else CONFIG))
 
 

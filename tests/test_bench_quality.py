@@ -146,6 +146,8 @@ def test_a_command_runs_what_it_names_else_the_default_plan():
     assert quality.chosen_methods(args(), "smollm2", "movie-reviews") == []
     assert quality.chosen_methods(args(methods="cola"), "smollm2", "movie-reviews") == ["cola"]
     assert quality.chosen_methods(args(methods="all"), "smollm2", "movie-reviews") == ["base", *quality.METHODS]
+    assert quality.chosen_methods(args(methods="gradient"), "minilm", "trec") == list(quality.GRADIENT_ROWS)
+    assert not set(quality.GRADIENT_VARIANTS) & set(quality.DEFAULT_PLAN["minilm", "trec"].methods)
     assert quality.chosen_ablations(args(ablations="all"), "smollm2", "movie-reviews") == quality.ABLATIONS
     assert quality.chosen_methods(args(methods="cola", part="ablations"), "minilm", "trec") == []
     assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == [

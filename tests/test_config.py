@@ -45,6 +45,9 @@ def test_round_trip_through_dict():
         ("lr_schedule", "cyclic", "lr_schedule='cyclic'"),
         ("round_warmup_steps", -1, "round_warmup_steps=-1"),
         ("frozen_factor", "C", "frozen_factor='C'"),
+        ("round_init", "svd", "round_init='svd'"),
+        ("layer_selection", "top", "layer_selection='top'"),
+        ("gradient_step_gamma", 0, "gradient_step_gamma=0"),
         ("target_modules", [], "target_modules=[]"),
         ("seed", -1, "seed=-1"),
     ],
@@ -55,6 +58,11 @@ def test_bad_values_name_the_field_and_value(field, value, words):
     message = str(info.value)
     assert words in message
     assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+
+
+def test_a_gradient_start_refuses_a_frozen_random_factor():
+    with pytest.raises(ValueError, match="round_init='gradient-step' sets the factors from the gradient"):
+        BoostConfig(method="raclora", round_init="gradient-step")
 
 
 def test_round_length_must_be_defined():

@@ -1,13 +1,15 @@
 """Gradient-boosted rounds: the sketch recovers the gradient's top singular pairs, a round starts on the true
-gradient's top direction (Llama, GPT-2's Conv1D, BERT), idle adapters stay idle while the gradient is sketched,
-blocks are picked by their gradient, and a checkpoint inside a sketched window resumes bit for bit."""
+gradient's top direction or with one descent step along it (Llama, GPT-2's Conv1D, BERT), idle adapters stay idle
+while the gradient is sketched, blocks are picked by their gradient (in proportion, or top-k with forced visits),
+and a checkpoint inside a sketched window resumes bit for bit."""
 
 import pytest
 import torch
 from conftest import MODELS, batches, tiny_llama, train
 
 from loraboost import BoostConfig, Booster
-from loraboost.sketch import ModuleSketch
+from loraboost.selection import starvation_limit, top_k_with_visits
+from loraboost.sketch import ModuleSketch, TopSingular
 
 
 def test_the_sketch_recovers_the_top_singular_pairs_of_a_low_rank_gradient():
@@ -19,11 +21,15 @@ def test_the_sketch_recovers_the_top_singular_pairs_of_a_low_rank_gradient():
     )
     sketch.fold(x[:2], delta[:2])  # two micro-batches add up to the whole
     sketch.fold(x[2:], delta[2:])
-    values, vectors = sketch.top(2)
-    _, s, vh = torch.linalg.svd(delta.T.double() @ x.double())
-    torch.testing.assert_close(values.double(), s[:2], rtol=1e-4, atol=0)
-    cosines = (vectors.double() * vh[:2]).sum(-1).abs()
-    assert bool((cosines > 1 - 1e-5).all()), cosines
+    top = sketch.top(2)
+    u, s, vh = torch.linalg.svd(delta.T.double() @ x.double())
+    torch.testing.assert_close(top.values.double(), s[:2], rtol=1e-4, atol=0)
+    torch.testing.assert_close(  # the triplets rebuild G's best rank-2 approximation
+        top.left.double() @ torch.diag(top.values.double()) @ top.right.double(),
+        u[:, :2] @ torch.diag(s[:2]) @ vh[:2],
+        rtol=0,
+        atol=1e-4 * float(s[0]),
+    )
 
 
 def true_weight_gradients(kind, batch):
@@ -72,6 +78,40 @@ def test_round_zero_starts_on_the_true_gradient_direction(arch):
     assert not opt.state  # the dropped step's optimizer state goes with it
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_a_gradient_step_start_is_one_rank_r_descent_step_along_the_true_gradient(arch):
+    # 3 tokens: the gradient has rank <= 3, which the sketch (k = 6) recovers exactly.
+    batch = batches(arch, 1, size=1, length=3)[0]
+    true = true_weight_gradients(arch, batch)
+    gamma = 16.0
+    booster = Booster(
+        MODELS[arch](),
+        BoostConfig(
+            method="xgblora",
+            rank=2,
+            layers_per_round=None,
+            round_init="gradient-step",
+            gradient_step_gamma=gamma,
+            target_modules="all-linear" if arch != "bert" else ["query", "value"],
+        ),
+    )
+    opt = torch.optim.AdamW(booster.parameters(), lr=1e-2)
+    booster.model(**batch).loss.backward()
+    opt.step()
+    opt.zero_grad()
+    booster.step(opt)
+    for slot in booster.slots:
+        G = true[slot.name].double()
+        if G.norm() == 0:
+            continue
+        u, s, vh = torch.linalg.svd(G)
+        expected = -(u[:, :2] @ torch.diag(s[:2]) @ vh[:2]) / (float(s[0]) * gamma)
+        BA = slot.B.detach().double() @ slot.A.detach().double()
+        torch.testing.assert_close(BA, expected, rtol=0, atol=1e-5 / gamma, msg=slot.name)
+    with torch.no_grad():  # the start is a step: the model moved, downhill
+        assert float(booster.model(**batch).loss) < float(MODELS[arch]()(**batch).loss)
+
+
 def test_idle_adapters_stay_idle_while_the_gradient_is_sketched():
     booster = Booster(
         tiny_llama(),
@@ -107,8 +147,40 @@ def test_a_block_with_a_large_gradient_gap_is_chosen():
     booster = Booster(
         tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=1, layer_selection="gradient")
     )
-    gaps = {s.name: (torch.tensor([1e3 if s.layer == "model.layers.4" else 1e-3]), None) for s in booster.slots}
+    gaps = {
+        s.name: TopSingular(torch.tensor([1e3 if s.layer == "model.layers.4" else 1e-3]), None, None)
+        for s in booster.slots
+    }
     assert all(booster._select_layers(gaps, r) == ("model.layers.4",) for r in range(1, 20))
+
+
+def test_top_k_takes_the_largest_gaps_and_visits_every_block_before_it_starves():
+    booster = Booster(
+        tiny_llama(),
+        BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=2, layer_selection="gradient-topk"),
+    )
+    keys = booster.plan.layer_keys  # 6 blocks, 2 a round: a block may sit out 6 rounds
+    limit = starvation_limit(len(keys), 2)
+    gap = {"model.layers.4": 1e3, "model.layers.1": 1e2}
+    tops = {s.name: TopSingular(torch.tensor([gap.get(s.layer, 1.0)]), None, None) for s in booster.slots}
+    for r in range(1, 30):
+        booster.chosen_layers[r] = booster._select_layers(tops, r)
+    history = [booster.layers_of(r) for r in range(30)]
+    assert history[1] == ("model.layers.1", "model.layers.4")  # Frank-Wolfe's choice while nothing starves
+    for key in keys:  # no block sits out longer than the limit
+        used = [r for r, layers in enumerate(history) if key in layers]
+        assert used and used[0] <= limit and all(b - a <= limit + 1 for a, b in zip(used, used[1:])), (key, used)
+    # The gradient still steers: the two largest gaps train in 2 of every 3 rounds, the others in 1 of 6.
+    assert (
+        sum("model.layers.4" in layers for layers in history) == sum("model.layers.1" in used for used in history) == 20
+    )
+
+
+def test_top_k_puts_the_longest_starved_blocks_first():
+    gaps = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+    assert top_k_with_visits(gaps, 2, [1, 1, 2, 3, 6, 8]) == [4, 5]  # both idle >= 6 rounds
+    assert top_k_with_visits(gaps, 2, [1, 1, 2, 3, 6, 2]) == [0, 4]  # one starved, then the largest gap
+    assert top_k_with_visits(gaps, 2, [1, 1, 2, 3, 5, 2]) == [0, 1]
 
 
 def test_random_rounds_take_no_sketch():
@@ -116,13 +188,14 @@ def test_random_rounds_take_no_sketch():
     assert booster.sketcher is None and booster.layers_of(3) == booster.plan.layers(3)
 
 
-def test_a_checkpoint_inside_a_sketched_window_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize(("init", "selection"), [("gradient", "gradient"), ("gradient-step", "gradient-topk")])
+def test_a_checkpoint_inside_a_sketched_window_resumes_bit_for_bit(tmp_path, init, selection):
     config = BoostConfig(
         method="xgblora",
         steps_per_round=3,
         layers_per_round=2,
-        round_init="gradient",
-        layer_selection="gradient",
+        round_init=init,
+        layer_selection=selection,
         sketch_steps=2,
         seed=2,
     )

@@ -28,7 +28,8 @@ from .merge import (
 )
 from .optim import make_lr_scheduler, reset_optimizer_state
 from .plan import RoundPlan, round_generator
-from .sketch import GradientSketcher
+from .selection import proportional, top_k_with_visits
+from .sketch import GradientSketcher, TopSingular, factors_from_gradient
 from .slot import ADAPTER, Slot
 from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, refuse_partitioned_parameters, resolve_targets
 
@@ -116,10 +117,10 @@ class Booster:
         }
         self.global_step = 0  # optimizer steps taken so far; the live round follows from it
         self._checked_optimizer: weakref.ref | None = None
-        # Blocks picked by the gradient (layer_selection="gradient"), by round; other rounds use the plan's draw.
+        # Blocks picked by the gradient (layer_selection "gradient..."), by round; other rounds use the plan's draw.
         self.chosen_layers: dict[int, tuple[str, ...]] = {}
         self.sketcher: GradientSketcher | None = None
-        if "gradient" in (cfg.round_init, cfg.layer_selection):
+        if cfg.gradient_start or cfg.gradient_selection:
             embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
             self.sketcher = GradientSketcher(
                 ((s.name, s.lora.get_base_layer()) for s in self.slots),
@@ -184,7 +185,7 @@ class Booster:
         ended = end is not None and self.global_step >= end
         if ended:
             self._change_round(optimizer, finished_round=live)
-        elif self.global_step == 1 and self.config.round_init == "gradient":
+        elif self.global_step == 1 and self.config.gradient_start:
             self._restart_from_gradient(optimizer)
         self._arm_sketcher()
         return ended
@@ -290,9 +291,9 @@ class Booster:
         )
         if self.sketcher is not None:
             tops = self._read_sketch()
-            if self.config.layer_selection == "gradient":
+            if self.config.gradient_selection:
                 self.chosen_layers[finished_round + 1] = self._select_layers(tops, finished_round + 1)
-            if self.config.round_init == "gradient":
+            if self.config.gradient_start:
                 starting = self._slots_of(finished_round + 1)
                 self._initialise_from_gradient(starting, tops)
                 # Idle slots that start now carry state from their last round; their factors are new.
@@ -308,7 +309,7 @@ class Booster:
     def _sketch_window(self) -> bool:
         """Whether the next optimizer step's gradient is sketched: round 0's first step (when boosters start
         from the gradient) and the last ``sketch_steps`` steps of every round that is followed by another."""
-        if self.config.round_init == "gradient" and self.global_step == 0:
+        if self.config.gradient_start and self.global_step == 0:
             return True
         if self.plan.steps_per_round is None and self.plan.total_steps is None:
             return False  # COLA's knots are placed once the run's length is known (BoostCallback tells it)
@@ -317,7 +318,7 @@ class Booster:
 
     def _sketched_names(self) -> list[str]:
         """Every module when the gradient picks the next blocks; else those of the round the sketch starts."""
-        if self.config.layer_selection == "gradient":
+        if self.config.gradient_selection:
             return [s.name for s in self.slots]
         starting = self.round if self.global_step == 0 else self.round + 1
         return [s.name for s in self._slots_of(starting)]
@@ -331,8 +332,8 @@ class Booster:
         elif self.sketcher.armed:
             self.sketcher.stop()
 
-    def _read_sketch(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Each sketched module's top singular values and right singular vectors (summed over ranks)."""
+    def _read_sketch(self) -> dict[str, TopSingular]:
+        """Each sketched module's top singular triplets (of the gradient summed over ranks)."""
         self.sketcher.stop()
         self.sketcher.all_reduce()
         return {name: sk.top(self.config.rank) for name, sk in self.sketcher.sketches.items() if sk.batches}
@@ -347,34 +348,46 @@ class Booster:
         reset_optimizer_state(optimizer, [p for s in live for p in (s.A, s.B)], "reset")
 
     @torch.no_grad()
-    def _initialise_from_gradient(
-        self, slots: tuple[Slot, ...], tops: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    ) -> None:
-        """A along the gradient's top right singular vectors, each row with the norm of a random A row
-        (kaiming-uniform's: sqrt(1/3)), and B = 0; a module that got no gradient keeps its random start."""
+    def _initialise_from_gradient(self, slots: tuple[Slot, ...], tops: dict[str, TopSingular]) -> None:
+        """Each slot's factors from its gradient's top triplets (``round_init``, see ``factors_from_gradient``);
+        a module that got no gradient keeps its random start."""
+        cfg = self.config
         for slot in slots:
-            if slot.name not in tops:
-                continue
-            _, directions = tops[slot.name]
-            A = torch.zeros(slot.A.shape, dtype=torch.float32)
-            A[: directions.shape[0]] = directions.cpu() / math.sqrt(3.0)
-            slot.A.copy_(as_local_layout(A, slot.A))
-            slot.B.zero_()
+            factors = None
+            if slot.name in tops:
+                factors = factors_from_gradient(
+                    tops[slot.name], cfg.rank, slot.shape, cfg.round_init, cfg.gradient_step_gamma
+                )
+            if factors is not None:
+                slot.A.copy_(as_local_layout(factors[0], slot.A))
+                slot.B.copy_(as_local_layout(factors[1], slot.B))
 
-    def _select_layers(self, tops: dict[str, tuple[torch.Tensor, torch.Tensor]], round_index: int) -> tuple[str, ...]:
-        """The next round's blocks, drawn without replacement in proportion to each block's summed top singular
-        value: blocks with a large Frank-Wolfe gap are likely, and none is starved (every gap is > 0)."""
-        keys = self.plan.layer_keys
+    def _select_layers(self, tops: dict[str, TopSingular], round_index: int) -> tuple[str, ...]:
+        """The blocks of ``round_index`` by their gradient gap (each block's summed top singular value), as
+        ``layer_selection`` says: in proportion to the gaps, or the largest with forced visits."""
+        keys, count = self.plan.layer_keys, self.plan.layers_per_round
         gaps = torch.zeros(len(keys), dtype=torch.float64)
         index = {key: i for i, key in enumerate(keys)}
         for slot in self.slots:
             if slot.name in tops:
-                gaps[index[slot.layer]] += float(tops[slot.name][0][0])
-        if not bool((gaps > 0).sum() >= self.plan.layers_per_round):
+                gaps[index[slot.layer]] += float(tops[slot.name].values[0])
+        if not bool((gaps > 0).sum() >= count):
             return self.plan.layers(round_index)  # too little gradient seen to choose: the plan's draw
-        generator = round_generator(self.config.seed, round_index, "select")
-        chosen = torch.multinomial(gaps, self.plan.layers_per_round, replacement=False, generator=generator)
-        return tuple(keys[i] for i in sorted(chosen.tolist()))
+        if self.config.layer_selection == "gradient-topk":
+            chosen = top_k_with_visits(gaps, count, self._idle_rounds(round_index))
+        else:
+            chosen = proportional(gaps, count, round_generator(self.config.seed, round_index, "select"))
+        return tuple(keys[i] for i in chosen)
+
+    def _idle_rounds(self, round_index: int) -> list[int]:
+        """Per block (in ``plan.layer_keys`` order), the rounds since it last trained before ``round_index``."""
+        idle = {}
+        for earlier in range(round_index - 1, -1, -1):
+            for key in self.layers_of(earlier):
+                idle.setdefault(key, round_index - earlier)
+            if len(idle) == len(self.plan.layer_keys):
+                break
+        return [idle.get(key, round_index + 1) for key in self.plan.layer_keys]
 
     @torch.no_grad()
     def _apply_merge(self, slot: Slot, A: torch.Tensor, B: torch.Tensor, scale: float, round_index: int) -> None:

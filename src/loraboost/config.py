@@ -55,8 +55,8 @@ LR_SCHEDULES = ("global", "per_round")
 FROZEN_FACTORS = ("none", "A", "B")
 MERGE_RESIDUALS = ("auto", "always", "never", "stochastic")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
-ROUND_INITS = ("random", "gradient")
-LAYER_SELECTIONS = ("random", "gradient")
+ROUND_INITS = ("random", "gradient", "gradient-step")
+LAYER_SELECTIONS = ("random", "gradient", "gradient-topk")
 
 
 @dataclass
@@ -105,10 +105,17 @@ class BoostConfig:
             ``gradient`` (A along the top-``rank`` right singular vectors of the loss gradient with respect
             to the merged weight, B = 0: the output is unchanged and B's first gradient is the steepest
             rank-r direction). The gradient is sketched from the last ``sketch_steps`` steps of the previous
-            round; round 0 sketches its first step and restarts from it. See loraboost.sketch.
+            round; round 0 sketches its first step and restarts from it. ``gradient-step`` sets both factors
+            (LoRA-One's start): B A = -(1/gamma) U_r diag(S_r / S_1) V_r^T from the gradient's SVD, so each round
+            begins with one rank-r descent step whose largest singular value is ``lora_scaling / gamma``, and
+            both factors train from there. See loraboost.sketch.
         layer_selection: which blocks the next round uses: ``random`` (the plan's seeded draw) or
             ``gradient`` (drawn without replacement in proportion to each block's summed top singular
-            value of the gradient, its Frank-Wolfe gap; round 0 is the plan's draw).
+            value of the gradient, its Frank-Wolfe gap; round 0 is the plan's draw), or ``gradient-topk``
+            (the blocks with the largest gaps, Frank-Wolfe's own choice, except that a block left out for
+            twice the rounds a random draw needs to visit every block is taken first, so none is starved).
+        gradient_step_gamma: gamma of ``round_init="gradient-step"``: the larger it is, the smaller the
+            first step (LoRA-One's stable gamma; its default here, 64, is that paper's, not tuned).
         sketch_steps: optimizer steps at the end of each round whose gradient is sketched (``gradient`` only).
         seed: seeds the plan (which layers a round uses) and every booster initialisation, so that
             all data-parallel ranks draw the same.
@@ -135,6 +142,7 @@ class BoostConfig:
     frozen_factor: str = FROM_PRESET
     round_init: str = "random"
     layer_selection: str = "random"
+    gradient_step_gamma: float = 64.0
     sketch_steps: int = 1
     seed: int = 0
 
@@ -214,11 +222,13 @@ class BoostConfig:
         _check_choice(self.frozen_factor, "frozen_factor", FROZEN_FACTORS)
         _check_choice(self.round_init, "round_init", ROUND_INITS)
         _check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
+        _check_number(self.gradient_step_gamma, "gradient_step_gamma", lambda v: v > 0, "a positive number")
         _check_int(self.sketch_steps, "sketch_steps", minimum=1)
-        if self.round_init == "gradient" and self.frozen_factor != "none":
+        if self.gradient_start and self.frozen_factor != "none":
             raise ValueError(
-                f"round_init='gradient' sets A from the gradient, but frozen_factor={self.frozen_factor!r} "
-                "keeps a random factor frozen; use round_init='random' with a frozen factor."
+                f"round_init={self.round_init!r} sets the factors from the gradient, but "
+                f"frozen_factor={self.frozen_factor!r} keeps a random factor frozen; use round_init='random' "
+                "with a frozen factor."
             )
         _check_int(self.seed, "seed", minimum=0)
 
@@ -227,6 +237,16 @@ class BoostConfig:
     def lora_scaling(self) -> float:
         """The booster's LoRA scaling s = alpha / r (PEFT's convention); a merge multiplies it by merge_scale."""
         return self.alpha / self.rank
+
+    @property
+    def gradient_start(self) -> bool:
+        """Whether a new booster starts from the sketched gradient (any ``round_init`` but ``random``)."""
+        return self.round_init != "random"
+
+    @property
+    def gradient_selection(self) -> bool:
+        """Whether the gradient picks each round's blocks (any ``layer_selection`` but ``random``)."""
+        return self.layer_selection != "random"
 
     def to_dict(self) -> dict[str, Any]:
         """All resolved fields, JSON-serialisable."""

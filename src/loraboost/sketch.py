@@ -10,13 +10,23 @@ Memory: k * out + l * in numbers per module, and each captured layer input until
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .plan import round_generator
+
+
+class TopSingular(NamedTuple):
+    """A gradient's top singular triplets, largest first: G ~ left @ diag(values) @ right."""
+
+    values: torch.Tensor  # (rank,)
+    left: torch.Tensor  # (out, rank)
+    right: torch.Tensor  # (rank, in)
 
 
 @dataclass
@@ -36,13 +46,13 @@ class ModuleSketch:
         self.Z += ((delta @ self.psi.T.to(delta.device)).T @ x).to(self.Z.device)
         self.batches += 1
 
-    def top(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """G's top ``rank`` singular values (descending) and right singular vectors as rows (rank, in)."""
+    def top(self, rank: int) -> TopSingular:
+        """G's top ``rank`` singular values (descending) with their left and right singular vectors."""
         Q, _ = torch.linalg.qr(self.Y.double())  # (out, k): a basis for G's range
         # G ~ Q X with X = (Psi Q)^+ Z, solved in the least-squares sense.
         X = torch.linalg.lstsq(self.psi.double().to(Q.device) @ Q, self.Z.double()).solution  # (k, in)
-        _, s, vh = torch.linalg.svd(X, full_matrices=False)
-        return s[:rank].float(), vh[:rank].float()
+        u, s, vh = torch.linalg.svd(X, full_matrices=False)
+        return TopSingular(s[:rank].float(), (Q @ u[:, :rank]).float(), vh[:rank].float())
 
 
 class GradientSketcher:
@@ -142,3 +152,28 @@ def _device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def factors_from_gradient(
+    top: TopSingular, rank: int, shape: tuple[int, int], how: str, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A new booster's fp32 factors A (rank, in) and B (out, rank) from the gradient's top triplets, or None when
+    the gradient is zero (the booster then keeps its random start).
+
+    ``gradient``: A's rows along the top right singular vectors, each with a random A row's norm (PEFT's
+    kaiming-uniform: sqrt(1/3)), and B = 0. ``gradient-step`` (LoRA-One): A = sqrt(w) V^T and B = -U sqrt(w)
+    with w = S / (S_1 gamma), so B A = -(1/gamma) U diag(S / S_1) V^T, a descent step along the gradient's
+    top-r subspace that does not depend on the gradient's scale (a sum over however many micro-batches).
+    """
+    if not float(top.values[0]) > 0:
+        return None
+    out_features, in_features = shape
+    A, B = torch.zeros(rank, in_features), torch.zeros(out_features, rank)
+    n = top.right.shape[0]
+    if how == "gradient":
+        A[:n] = top.right.cpu() / math.sqrt(3.0)
+    else:
+        root = (top.values.cpu() / (top.values[0].cpu() * gamma)).sqrt()
+        A[:n] = root[:, None] * top.right.cpu()
+        B[:, :n] = -top.left.cpu() * root[None, :]
+    return A, B
