@@ -7,13 +7,17 @@ repetitions so that machine noise hits them alike, and reports step times as rat
   the plain Trainer without loraboost;
 - ``lora``, ``xgblora``, ``cola``: loraboost presets at their defaults, trained by the same Trainer
   with BoostCallback;
+- ``xgblora-grad``: XGBLoRA with gradient-boosted rounds (``round_init`` and ``layer_selection`` "gradient"):
+  the same step as ``xgblora`` except in the sketched steps at a round's end, timed apart (below);
 - ``peft-lora-r1-all``: plain PEFT LoRA r=1 (alpha 2) on every linear layer of every block, XGBLoRA's
   matched baseline in the quality benchmark: what rank-1 adapters cost when all blocks train at once;
 - ``floor``: the limit any adapter method could reach: the model's forward pass plus the backward pass
   an adapter needs, with negligible adapter compute (one rank-1 PEFT adapter on the lowest block's query
   projection, so the gradient still flows through every block).
 
-Then: the cost of an XGBLoRA round change as a share of training time at its default kappa, and each
+Then: the cost of an XGBLoRA round change as a share of training time at its default kappa; what gradient rounds
+add over a run at that kappa (the sketched steps' extra time and the round change's extra work: sketch reads,
+SVDs, block choice), timed on a run with kappa 2 where every other step is sketched; and each
 arm's peak memory while training (GPU: peak allocated; CPU: peak resident memory of a fresh process per
 arm, its peak mark reset once the model is loaded; `--memory-only` measures just that).
 
@@ -42,8 +46,11 @@ from review_text import review_token_rows
 
 from loraboost import BoostCallback, BoostConfig, Booster
 
-ARMS = ("peft-lora", "lora", "xgblora", "cola", "peft-lora-r1-all", "floor")
+ARMS = ("peft-lora", "lora", "xgblora", "xgblora-grad", "cola", "peft-lora-r1-all", "floor")
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
+GRADIENT_ROUNDS = dict(method="xgblora", round_init="gradient", layer_selection="gradient")
+BOOST_ARMS = {"xgblora-grad": GRADIENT_ROUNDS}  # arms that are not a preset at its defaults
+GRADIENT_GOAL = 0.02  # extra training time of gradient rounds over a run at the default kappa (issue 19)
 
 
 def real_batches(tokenizer, count: int, batch: int, length: int) -> list[dict[str, torch.Tensor]]:
@@ -96,7 +103,7 @@ def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
             r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0
         )
         return peft.get_peft_model(model, config), None
-    booster = Booster(model, boost or BoostConfig(method=arm))
+    booster = Booster(model, boost or BoostConfig(**BOOST_ARMS.get(arm, {"method": arm})))
     return booster.model, booster
 
 
@@ -125,11 +132,16 @@ class StepClock(transformers.TrainerCallback):
 
 class TimedBoostCallback(BoostCallback):
     """BoostCallback whose step-end work (``booster.step``: merge and restart at a round change) is timed,
-    split by whether the round changed."""
+    split by whether the round changed, with each step's work and whether its gradient was sketched."""
 
     def __init__(self, booster: Booster):
         super().__init__(booster)
         self.change_seconds, self.plain_seconds = [], []
+        self.work_seconds, self.sketched = [], []  # per step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        super().on_step_begin(args, state, control, **kwargs)
+        self.sketched.append(self.booster.sketcher is not None and self.booster.sketcher.armed)
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         wait_for_device()  # the step's own kernels are not the boost work's
@@ -138,6 +150,37 @@ class TimedBoostCallback(BoostCallback):
         wait_for_device()
         seconds = time.perf_counter() - start
         (self.change_seconds if self.booster.round != round_before else self.plain_seconds).append(seconds)
+        self.work_seconds.append(seconds)
+
+
+def gradient_round_cost(model_dir: Path, batches, steps: int, batch: int, literal_change: float, median_step: float):
+    """What gradient rounds add over literal XGBLoRA, from a run with kappa 2 (every other step sketched): the
+    extra time of a sketched step (the backward through idle blocks, the hooks), the extra work of a round
+    change (sketch reads, SVDs, block choice), and their sum as a share of training time at the default kappa."""
+    config = BoostConfig(**GRADIENT_ROUNDS, steps_per_round=2)
+    clock, probe = train_arm("xgblora-grad", model_dir, batches, steps, batch, boost=config)
+    # Per timed step (the warm-up dropped): its time without the boost work at its end (a round change here).
+    compute = [t - work for t, work in zip(clock.step_seconds, probe.work_seconds[1:])]
+    sketched_times = [t for t, s in zip(compute, probe.sketched[1:]) if s]
+    plain_times = [t for t, s in zip(compute, probe.sketched[1:]) if not s]
+    sketch_extra = statistics.median(sketched_times) - statistics.median(plain_times)
+    change_extra = statistics.fmean(probe.change_seconds) - literal_change
+    kappa = BoostConfig(**GRADIENT_ROUNDS).steps_per_round
+    sketch_steps = BoostConfig(**GRADIENT_ROUNDS).sketch_steps
+    share = (sketch_steps * sketch_extra + change_extra) / (kappa * median_step)
+    return {
+        "kappa_probe": 2,
+        "sketched_steps_timed": len(sketched_times),
+        "plain_steps_timed": len(plain_times),
+        "median_sketched_step_seconds": statistics.median(sketched_times),
+        "median_plain_step_seconds": statistics.median(plain_times),
+        "sketched_step_extra_seconds": sketch_extra,
+        "mean_change_seconds": statistics.fmean(probe.change_seconds),
+        "change_extra_seconds": change_extra,
+        "share_of_training_at_default_kappa": share,
+        "goal": GRADIENT_GOAL,
+        "meets_goal": share <= GRADIENT_GOAL,
+    }
 
 
 def train_arm(
@@ -271,6 +314,12 @@ def main() -> None:
         default=8,
         help="steps of the XGBLoRA run with kappa=2 that times round changes",
     )
+    parser.add_argument(
+        "--gradient-probe-steps",
+        type=int,
+        default=24,
+        help="steps of the gradient-rounds run with kappa=2 that times sketched steps and round changes",
+    )
     parser.add_argument("--profile", choices=ARMS, nargs="+", help="profile these arms instead of the comparison")
     parser.add_argument("--memory-only", action="store_true", help="only each arm's peak memory while training")
     parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
@@ -278,7 +327,7 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     SETTINGS["dtype"] = DTYPES[args.dtype]
-    count = max(args.steps, args.kappa_probe_steps) + 1
+    count = max(args.steps, args.kappa_probe_steps, args.gradient_probe_steps) + 1
     if args.model == "random-1b":
         model_dir = random_llama(Path(args.out).parent / "random-llama-1b")
         ids = torch.randint(RANDOM_VOCAB, (count * args.batch, args.length), generator=torch.Generator().manual_seed(0))
@@ -329,6 +378,7 @@ def main() -> None:
     change = statistics.fmean(probe.change_seconds)
     plain = statistics.fmean(probe.plain_seconds)
     share = change / (default_kappa * median["xgblora"])
+    gradient = gradient_round_cost(model_dir, batches, args.gradient_probe_steps, args.batch, change, median["xgblora"])
 
     # GPU: peak allocated memory per arm (reset before each); CPU: peak RSS of a fresh process per arm.
     memory = gpu_peak or {arm: peak_memory(arm, args) for arm in ARMS}
@@ -376,6 +426,7 @@ def main() -> None:
             "changes_timed": len(probe.change_seconds),
             "share_of_training_at_default_kappa": share,
         },
+        "gradient_rounds": gradient,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -396,6 +447,14 @@ def main() -> None:
     print(
         f"\nXGBLoRA round change: {change * 1e3:.1f} ms (mean of {len(probe.change_seconds)}); step-end work "
         f"without a change {plain * 1e6:.0f} us; at kappa={default_kappa}: {share:.3%} of training time."
+    )
+    g = gradient
+    print(
+        f"Gradient rounds: a sketched step takes {g['sketched_step_extra_seconds'] * 1e3:+.1f} ms over a plain one "
+        f"({g['median_sketched_step_seconds'] * 1e3:.1f} vs {g['median_plain_step_seconds'] * 1e3:.1f} ms), a round "
+        f"change {g['change_extra_seconds'] * 1e3:+.1f} ms over literal XGBLoRA's; at kappa={default_kappa}: "
+        f"{g['share_of_training_at_default_kappa']:+.3%} of training time (goal <= {GRADIENT_GOAL:.0%}: "
+        f"{'met' if g['meets_goal'] else 'missed'})."
     )
     print(f"results: {out}")
 
