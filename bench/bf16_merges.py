@@ -14,7 +14,9 @@ This CPU has no bf16 matmul units (a bf16 MiniLM step runs about 30x slower than
 and each merge runs the library's own ``merge.add_delta_`` on a real bf16 copy of the weight and writes the
 bf16 result back. What differs between the variants is therefore exactly what their merges keep. Each run also
 reports the share of the merged updates the weights keep: 1 - |held change - exact sum| / |exact sum| over all
-merged weights, for the weights the forward pass uses and for weights plus residual.
+merged weights, for the weights the forward pass uses and for weights plus residual; and each bf16 variant's
+held-out loss reduction as a share of the exact run's (``bf16-fp32-residual``, every merge kept in full) on the
+same seed: (base loss - variant's) / (base loss - exact run's), from the same bf16 base, on the test split.
 
     python bench/bf16_merges.py --model minilm --task trec                     # 189 steps, 3 merges
     python bench/bf16_merges.py --model minilm --task trec --steps-factor 3    # 567 steps, 11 merges
@@ -45,7 +47,7 @@ from loraboost.checkpoint import load_state_file
 from loraboost.merge import add_delta_
 from loraboost.models import load_model
 from loraboost.options import RunOptions
-from loraboost.run import train
+from loraboost.run import prepare, train
 from loraboost.run_folder import FINISHED, STATE
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,6 +156,20 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
     return {**summary, "kept": kept}
 
 
+EXACT = "bf16-fp32-residual"  # the reference of the bf16 variants: every merge kept to fp32
+
+
+def base_test_loss(options: RunOptions, seed: int, bf16: bool, threads: int) -> float:
+    """The untrained model's test loss on ``seed``'s split (its new head seeded as in training), from the base
+    the variants start from: bf16-valued or not."""
+    torch.set_num_threads(threads)
+    with contextlib.ExitStack() as stack:
+        if bf16:
+            stack.enter_context(mock.patch.object(loraboost.run, "load_model", bf16_valued(loraboost.run.load_model)))
+        model, _, task, splits = prepare(dataclasses.replace(options, seed=seed), BoostConfig(method="xgblora"))
+    return task.evaluate(model, splits["test"], progress=False)["loss"]
+
+
 def base_weights(model: str, task: str) -> dict[str, torch.Tensor]:
     """The untrained model's weights by module name: what each merge's size is measured against."""
     loaded = load_model(model, task, num_labels=2)[0]
@@ -203,16 +219,19 @@ def report(rows: list[dict], header: str) -> str:
         "",
         "| variant | test accuracy (mean +- std) | per seed | merges | merge size / weight, median "
         "(range) | merged update kept by the forward weights | by weights + residual | forward change projected "
-        "on the update |",
-        "|---|---|---|---|---|---|---|---|",
+        f"on the update | test loss, per seed | loss reduction kept vs {EXACT}, per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        kept_loss = ", ".join(f"{k:.3f}" for k in r["loss_reduction_kept"]) if r.get("loss_reduction_kept") else "-"
+        losses = ", ".join(f"{x:.4f}" for x in r["test_losses"]) if r.get("test_losses") else "-"
         lines.append(
             f"| {r['variant']} | {r['mean']:.3f} +- {r['std']:.3f} | {', '.join(f'{s:.3f}' for s in r['test_scores'])} "
             f"| {r['rounds_merged']} | {r['merge_size_median']:.1e} ({r['merge_size_range'][0]:.0e} - "
             f"{r['merge_size_range'][1]:.0e}) | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
             f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} "
-            f"| {min(r.get('kept_projected', [1.0])):.3f} - {max(r.get('kept_projected', [1.0])):.3f} |"
+            f"| {min(r.get('kept_projected', [1.0])):.3f} - {max(r.get('kept_projected', [1.0])):.3f} "
+            f"| {losses} | {kept_loss} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -253,13 +272,18 @@ def main() -> None:
     jobs = {(v, s): (out / v / f"seed{s}", options, v, s, lr, threads) for v in variants for s in seeds}
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         futures = {key: pool.submit(run_variant, *job) for key, job in jobs.items()}
+        bases = {
+            (bf16, s): pool.submit(base_test_loss, options, s, bf16, threads) for bf16 in (False, True) for s in seeds
+        }
         summaries = {key: f.result() for key, f in futures.items()}
+        base_loss = {key: f.result() for key, f in bases.items()}
     weights = base_weights(options.model, options.task)
     rows = []
     for v in variants:
         runs = [summaries[v, s] for s in seeds]
         sizes = sorted(size for s in seeds for size in merge_sizes(jobs[v, s][0], weights))
         scores = [r["metrics"]["test"]["accuracy"] for r in runs]
+        losses = [r["metrics"]["test"]["loss"] for r in runs]
         rows.append(
             {
                 "variant": v,
@@ -272,10 +296,19 @@ def main() -> None:
                 "kept_forward": [r["kept"]["forward"] for r in runs],
                 "kept_held": [r["kept"]["held"] for r in runs],
                 "kept_projected": [r["kept"].get("projected", float("nan")) for r in runs],
+                "test_losses": losses,
+                "base_test_losses": [base_loss[VARIANTS[v][0], s] for s in seeds],
                 "merge_size_median": statistics.median(sizes),
                 "merge_size_range": [sizes[0], sizes[-1]],
             }
         )
+    exact = next((r for r in rows if r["variant"] == EXACT), None)
+    for r in rows:
+        if exact is not None and VARIANTS[r["variant"]][0]:  # a bf16 variant: the same base as the exact run
+            r["loss_reduction_kept"] = [
+                (base - mine) / (base - theirs)
+                for base, mine, theirs in zip(r["base_test_losses"], r["test_losses"], exact["test_losses"])
+            ]
     header = (
         f"XGBLoRA on {args.model} / {args.task}, lr {lr:g}, {rows[0]['steps']} steps, seeds {args.seeds}; "
         f"bf16 storage emulated (fp32 compute). Command: `python {' '.join(sys.argv)}`"

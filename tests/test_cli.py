@@ -50,7 +50,7 @@ def test_train_eval_export_end_to_end(tiny_model, reviews_csv, tmp_path, capsys)
         )
         == 0
     )
-    assert set(json.loads(base_file.read_text())["test"]) == {"accuracy", "majority_accuracy"}
+    assert set(json.loads(base_file.read_text())["test"]) == {"accuracy", "loss", "majority_accuracy"}
 
     assert main(["export", str(run), str(tmp_path / "merged"), "--to", "merged"]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()

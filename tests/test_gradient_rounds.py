@@ -183,6 +183,16 @@ def test_top_k_puts_the_longest_starved_blocks_first():
     assert top_k_with_visits(gaps, 2, [1, 1, 2, 3, 5, 2]) == [0, 1]
 
 
+def test_a_sketch_that_saw_no_training_step_says_so():
+    booster = Booster(
+        tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=2, layer_selection="gradient")
+    )
+    booster.model.eval()  # a custom loop that forgot model.train(): the hooks see no training forward
+    with pytest.warns(UserWarning, match="saw no training step .* call model.train"):
+        train(booster, batches("llama", 2))
+    assert booster.chosen_layers[1] == booster.plan.layers(1)
+
+
 def test_random_rounds_take_no_sketch():
     booster = Booster(tiny_llama(), BoostConfig(method="xgblora", steps_per_round=2, layers_per_round=2))
     assert booster.sketcher is None and booster.layers_of(3) == booster.plan.layers(3)

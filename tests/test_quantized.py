@@ -81,3 +81,31 @@ def test_resume_on_a_quantized_base_rebuilds_the_side_paths(saved_llama, tmp_pat
         assert torch.equal(path.A, fresh.side_paths[name].A) and torch.equal(path.B, fresh.side_paths[name].B)
     booster.model.eval(), fresh.model.eval()
     assert torch.equal(logits(fresh.model), logits(booster.model))
+
+
+@pytest.mark.parametrize("init", ["gradient", "gradient-step"])
+def test_gradient_rounds_on_a_quantized_base_start_from_the_sketch_and_resume_exactly(saved_llama, tmp_path, init):
+    config = BoostConfig(
+        method="xgblora", steps_per_round=2, layers_per_round=2, round_init=init, layer_selection="gradient-topk"
+    )
+    booster = Booster(four_bit(saved_llama), config)
+    booster.model.train()  # as the Trainer does: the sketch reads training forwards only (from_pretrained: eval)
+    train(booster, batches("llama", 2))  # round 0 merged onto the side paths at step 2; round 1 starts
+    assert booster.side_paths and sorted(booster.chosen_layers) == [1]
+    live = booster.live_slots
+    assert {s.layer for s in live} == set(booster.chosen_layers[1])
+    for slot in live:  # started from the sketched gradient of the 4-bit layers
+        if init == "gradient":
+            assert float(slot.A.detach().norm()) == pytest.approx(3**-0.5, rel=1e-4) and not slot.B.detach().any()
+        else:
+            assert slot.B.detach().any()
+    booster.save_state(tmp_path / "state.safetensors")
+
+    resumed = Booster(four_bit(saved_llama), config)
+    resumed.load_state(tmp_path / "state.safetensors")
+    assert resumed.chosen_layers == booster.chosen_layers
+    for mine, theirs in zip(resumed.slots, booster.slots):
+        assert torch.equal(mine.A.detach(), theirs.A.detach()) and torch.equal(mine.B.detach(), theirs.B.detach())
+    resumed.model.eval()
+    booster.model.eval()
+    torch.testing.assert_close(logits(resumed.model), logits(booster.model), rtol=0, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 
 import torch
@@ -336,6 +337,13 @@ class Booster:
         """Each sketched module's top singular triplets (of the gradient summed over ranks)."""
         self.sketcher.stop()
         self.sketcher.all_reduce()
+        if self.sketcher.sketches and not any(sk.batches for sk in self.sketcher.sketches.values()):
+            warnings.warn(
+                f"loraboost: round {self.round}'s gradient sketch saw no training step (the sketch reads forwards "
+                "in train mode with gradients on; call model.train() in a custom loop), so its boosters start "
+                "and its blocks are drawn as with round_init and layer_selection 'random'.",
+                stacklevel=3,
+            )
         return {name: sk.top(self.config.rank) for name, sk in self.sketcher.sketches.items() if sk.batches}
 
     @torch.no_grad()

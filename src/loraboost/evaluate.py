@@ -68,39 +68,43 @@ def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
 
 
 @torch.no_grad()
-def count_correct(
+def classification_scores(
     model: nn.Module,
     batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]],
     scores: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
     progress=None,
-) -> int:
-    """How many examples of ``batches`` (inputs, gold class) have their gold class scored highest by
-    ``scores(model, inputs)`` (one row of class scores per example), with the model in eval mode."""
+) -> dict[str, float]:
+    """Over ``batches`` (inputs, gold class), with ``scores(model, inputs)`` giving one row of class scores
+    (logits) per example and the model in eval mode: ``accuracy``, the share whose gold class scores highest,
+    and ``loss``, the mean cross-entropy of the gold class among the classes."""
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, loss, count = 0, 0.0, 0
     for inputs, labels in batches:
-        correct += int((scores(model, to_model_device(model, inputs)).argmax(-1).cpu() == labels).sum())
+        logits = scores(model, to_model_device(model, inputs)).float().cpu()
+        correct += int((logits.argmax(-1) == labels).sum())
+        loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        count += len(labels)
         if progress is not None:
             progress.update(len(labels))
     model.train(was_training)
-    return correct
+    return {"accuracy": correct / count, "loss": loss / count}
 
 
-def label_word_accuracy(
+def label_word_scores(
     model: nn.Module, tokenizer, task: LabelWordTask, data: Dataset, batch_size: int = 32, progress=None
-) -> float:
-    """Share of examples whose gold label word is the likeliest of the label words."""
+) -> dict[str, float]:
+    """``accuracy``: the share of examples whose gold label word is the likeliest of the label words; ``loss``:
+    the mean cross-entropy of the gold label word among the label words."""
     label_ids = task.label_token_ids(tokenizer)
     # Similar lengths batched together waste less compute on padding; the order does not matter here.
     data = data.add_column("_length", [len(t) for t in data["text"]]).sort("_length")
-    correct = count_correct(
+    return classification_scores(
         model,
         task.batches(tokenizer, data, batch_size),
         lambda m, inputs: answer_logits(m, inputs)[:, label_ids],
         progress,
     )
-    return correct / len(data)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from .evaluate import (
     LabelWordTask,
     ResponseTask,
     answer_logits,
-    count_correct,
-    label_word_accuracy,
+    classification_scores,
+    label_word_scores,
     response_loss,
     to_model_device,
 )
@@ -117,9 +117,9 @@ class Task:
 
         with tqdm(total=len(data), desc="evaluate", unit="ex", file=sys.stderr, disable=not progress) as bar:
             if self.head:
-                return {"accuracy": head_accuracy(model, self.collate, data, progress=bar)}
+                return head_scores(model, self.collate, data, progress=bar)
             if self.options.task == "classify":
-                return {"accuracy": label_word_accuracy(model, self.tokenizer, self.definition, data, progress=bar)}
+                return label_word_scores(model, self.tokenizer, self.definition, data, progress=bar)
             return response_loss(model, self.tokenizer, self.definition, data, progress=bar)
 
     def score(self, model: nn.Module, splits: dict, progress: bool = True) -> dict[str, dict[str, float]]:
@@ -203,12 +203,13 @@ def majority_warning(metrics: dict[str, dict[str, float]]) -> str | None:
     )
 
 
-def head_accuracy(model: nn.Module, collate, data, batch_size: int = 32, progress=None) -> float:
-    """Share of examples whose gold class has the largest logit of the classification head."""
+def head_scores(model: nn.Module, collate, data, batch_size: int = 32, progress=None) -> dict[str, float]:
+    """``accuracy``: the share of examples whose gold class has the head's largest logit; ``loss``: the mean
+    cross-entropy of the head's logits (the training loss, on this split)."""
 
     def batches():
         for start in range(0, len(data), batch_size):
             inputs = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
             yield inputs, inputs.pop("labels")
 
-    return count_correct(model, batches(), lambda m, inputs: m(**inputs).logits, progress) / len(data)
+    return classification_scores(model, batches(), lambda m, inputs: m(**inputs).logits, progress)
