@@ -197,6 +197,7 @@ ABLATIONS = [
     # Gradient-boosted rounds at kappa 10: does starting each round on the gradient stop frequent merges costing
     # accuracy?
     Ablation("xgbgrad-kappa10", "xgblora-grad", dict(steps_per_round=10), "kappa 10"),
+    Ablation("xgbgradinit-kappa10", "xgblora-gradinit", dict(steps_per_round=10), "kappa 10"),
     Ablation("cola-2", "cola", dict(rounds=2), "chain of 2"),  # a chain of 1 is LoRA r8 q/v, in the grid
     Ablation("cola-5", "cola", dict(rounds=5), "chain of 5"),
 ]
