@@ -16,7 +16,9 @@ bf16 result back. What differs between the variants is therefore exactly what th
 reports the share of the merged updates the weights keep: 1 - |held change - exact sum| / |exact sum| over all
 merged weights, for the weights the forward pass uses and for weights plus residual; and each bf16 variant's
 held-out loss reduction as a share of the exact run's (``bf16-fp32-residual``, every merge kept in full) on the
-same seed: (base loss - variant's) / (base loss - exact run's), from the same bf16 base, on the test split.
+same seed: (base loss - variant's) / (base loss - exact run's), from the same bf16 base, on the test split; and
+the memory the merges add, counted as the bytes of every residual tensor at the end of the run, over the model's
+bytes in bf16 (emulation or not, a residual is a real tensor of its own dtype).
 
     python bench/bf16_merges.py --model minilm --task trec                     # 189 steps, 3 merges
     python bench/bf16_merges.py --model minilm --task trec --steps-factor 3    # 567 steps, 11 merges
@@ -94,6 +96,10 @@ class MergeTracker:
         add_delta_(held, delta, residual, generator)  # the library's bf16 arithmetic, on a real bf16 tensor
         weight.copy_(held.float())
 
+    def residual_bytes(self) -> int:
+        """Bytes of every residual tensor the merges made (none without a residual policy)."""
+        return sum(r.numel() * r.element_size() for _, r, _, _ in self.weights.values() if r is not None)
+
     def kept(self) -> dict[str, float]:
         """Share of the exact merged update that the forward weights, and weights plus residual, hold; and
         ``projected``, the forward weights' change projected on the exact update (<change, exact> / |exact|^2):
@@ -149,7 +155,7 @@ def run_variant(folder: Path, options: RunOptions, variant: str, seed: int, lr: 
             run_options,
             BoostConfig(method="xgblora", merge_residual=policy, merge_residual_dtype=residual_dtype, seed=seed),
         )
-    kept = tracker.kept()
+    kept = {**tracker.kept(), "residual_bytes": tracker.residual_bytes()}
     (folder / KEPT).write_text(json.dumps(kept))
     for checkpoint in folder.glob("checkpoint-*"):  # only the summary and the kept shares are needed here
         shutil.rmtree(checkpoint)
@@ -170,10 +176,12 @@ def base_test_loss(options: RunOptions, seed: int, bf16: bool, threads: int) -> 
     return task.evaluate(model, splits["test"], progress=False)["loss"]
 
 
-def base_weights(model: str, task: str) -> dict[str, torch.Tensor]:
-    """The untrained model's weights by module name: what each merge's size is measured against."""
+def base_weights(model: str, task: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The untrained model's weights by module name (what each merge's size is measured against) and the
+    model's bytes if stored in bf16 (what the merges' memory is measured against)."""
     loaded = load_model(model, task, num_labels=2)[0]
-    return {name: module.weight.detach() for name, module in loaded.named_modules() if hasattr(module, "weight")}
+    weights = {name: module.weight.detach() for name, module in loaded.named_modules() if hasattr(module, "weight")}
+    return weights, 2 * sum(p.numel() for p in loaded.parameters())
 
 
 def merge_sizes(folder: Path, weights: dict[str, torch.Tensor]) -> list[float]:
@@ -196,7 +204,7 @@ def print_sizes(folders: list[Path]) -> None:
             raise SystemExit(f"{folder} holds no {STATE}; pass finished loraboost run folders to --sizes.")
         options = json.loads((folder / "run.json").read_text())["options"]
         if options["model"] not in loaded:
-            loaded[options["model"]] = base_weights(options["model"], options["task"])
+            loaded[options["model"]] = base_weights(options["model"], options["task"])[0]
         sizes = sorted(merge_sizes(folder, loaded[options["model"]]))
         summary = f"{statistics.median(sizes):.1e} ({sizes[0]:.0e} - {sizes[-1]:.0e})" if sizes else "no merge"
         print(f"| {folder} | {options['learning_rate']:g} | {len(sizes)} | {summary} |")
@@ -219,8 +227,9 @@ def report(rows: list[dict], header: str) -> str:
         "",
         "| variant | test accuracy (mean +- std) | per seed | merges | merge size / weight, median "
         "(range) | merged update kept by the forward weights | by weights + residual | forward change projected "
-        f"on the update | test loss, per seed | loss reduction kept vs {EXACT}, per seed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"on the update | test loss, per seed | loss reduction kept vs {EXACT}, per seed | memory merges add "
+        "/ model in bf16 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         kept_loss = ", ".join(f"{k:.3f}" for k in r["loss_reduction_kept"]) if r.get("loss_reduction_kept") else "-"
@@ -231,7 +240,7 @@ def report(rows: list[dict], header: str) -> str:
             f"{r['merge_size_range'][1]:.0e}) | {min(r['kept_forward']):.3%} - {max(r['kept_forward']):.3%} "
             f"| {min(r['kept_held']):.3%} - {max(r['kept_held']):.3%} "
             f"| {min(r.get('kept_projected', [1.0])):.3f} - {max(r.get('kept_projected', [1.0])):.3f} "
-            f"| {losses} | {kept_loss} |"
+            f"| {losses} | {kept_loss} | {max(r.get('merge_memory_over_model', [float('nan')])):.1%} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -277,7 +286,7 @@ def main() -> None:
         }
         summaries = {key: f.result() for key, f in futures.items()}
         base_loss = {key: f.result() for key, f in bases.items()}
-    weights = base_weights(options.model, options.task)
+    weights, model_bytes = base_weights(options.model, options.task)
     rows = []
     for v in variants:
         runs = [summaries[v, s] for s in seeds]
@@ -296,6 +305,7 @@ def main() -> None:
                 "kept_forward": [r["kept"]["forward"] for r in runs],
                 "kept_held": [r["kept"]["held"] for r in runs],
                 "kept_projected": [r["kept"].get("projected", float("nan")) for r in runs],
+                "merge_memory_over_model": [r["kept"].get("residual_bytes", float("nan")) / model_bytes for r in runs],
                 "test_losses": losses,
                 "base_test_losses": [base_loss[VARIANTS[v][0], s] for s in seeds],
                 "merge_size_median": statistics.median(sizes),
