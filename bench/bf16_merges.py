@@ -4,9 +4,9 @@ quality benchmark's settings on a base held in bf16, merging with each residual 
 Variants (``--variants``):
   fp32                the base in fp32: every merge exact (the quality benchmark's setting)
   bf16-plain          a bf16 base, merges added in place (``merge_residual="never"``)
-  bf16-fp32-residual  a bf16 base with an fp32 residual per merged weight (what ``"auto"`` does on bf16)
+  bf16-fp32-residual  a bf16 base with an fp32 residual per merged weight (``merge_residual="residual"``)
   bf16-bf16-residual  the same with ``merge_residual_dtype="bfloat16"`` (2 bytes per element, not 4)
-  bf16-stochastic     a bf16 base, each merge rounded up or down at random (``merge_residual="stochastic"``):
+  bf16-stochastic     a bf16 base, each merge rounded up or down at random (``"stochastic"``, what ``"auto"`` does):
                       no residual, every merge kept in expectation
 
 This CPU has no bf16 matmul units (a bf16 MiniLM step runs about 30x slower than an fp32 one), so bf16

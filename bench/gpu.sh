@@ -4,7 +4,7 @@
 #   bash bench/gpu.sh                 # on a machine with an NVIDIA GPU; about 5 minutes on an H100
 #   bash bench/gpu.sh --profile xgblora peft-lora   # only: where those arms' GPU time goes
 # Without arguments it then runs bench/round_memory.py: XGBLoRA's GPU memory round by round over 8 rounds,
-# with and without fp32 merge residuals.
+# with stochastic-rounding merges (the default), fp32 and bf16 merge residuals, and plain bf16 adds.
 # Uses $PYTHON (default python3) when it has CUDA torch, transformers, peft and accelerate (a GPU image's own
 # Python usually does; `datasets` is not needed here); otherwise it sets up .venv-gpu from the package registry.
 set -euo pipefail

@@ -4,11 +4,12 @@ The speed benchmark's peak memory covers a few dozen steps, mostly inside the fi
 one arm for several rounds on the GPU under the Trainer and reports, per round, the blocks it adapts, the
 peak memory allocated during its steps (the merge that ends it included) and what stays allocated
 between steps at its end (weights, adapters, optimizer state, merge residuals). By default it runs with
-``merge_residual`` at ``auto`` (fp32 residuals for a bf16 model), at ``auto:bfloat16`` (the same with
+``merge_residual`` at ``auto`` (stochastic rounding of bf16 merges: no residual), at ``residual`` (fp32 residuals
+for a bf16 model, what ``auto`` was before checkpoint format 3), at ``residual:bfloat16`` (the same with
 ``merge_residual_dtype="bfloat16"``, half the bytes) and at ``never`` to see what the residuals cost as they
 spread over the blocks.
 
-    python bench/round_memory.py --model random-1b --dtype bf16 --rounds 8 [--merge-residual auto auto:bfloat16 never]
+    python bench/round_memory.py --model random-1b --dtype bf16 --rounds 8 [--merge-residual auto residual never]
     python bench/round_memory.py --replot bench/results/round-memory-gpu.json   # redraw the figure only
 
 Needs a CUDA GPU (bench/gpu.sh runs it); writes bench/results/round-memory-gpu.json, a PNG beside it and
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument(
         "--merge-residual",
         nargs="+",
-        default=["auto", "auto:bfloat16", "never"],
+        default=["auto", "residual", "residual:bfloat16", "never"],
         help="settings to run, each merge_residual[:merge_residual_dtype]",
     )
     parser.add_argument("--batch", type=int, default=8)

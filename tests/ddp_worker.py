@@ -6,7 +6,8 @@ MODE: loop (plain DDP), fsdp (FSDP2 fully_shard), trainer, or trainer-checkpoint
 settings that BoostCallback asks for); loop-gradient and fsdp-gradient run gradient-boosted rounds, whose sketches are
 summed over the ranks (the loop: round_init and layer_selection "gradient"; FSDP2, whose shards must each take their
 rows of both factors: "gradient-step" and "gradient-topk"); loop-stochastic and fsdp-stochastic train a
-bf16 model whose merges round stochastically.
+bf16 model whose merges round stochastically (the loop names merge_residual="stochastic"; FSDP2 takes the default,
+"auto", which means the same on bf16).
 """
 
 import os
@@ -31,8 +32,10 @@ STOCHASTIC = dict(CONFIG, merge_residual="stochastic")  # on a bf16 model: merge
 
 
 def config(mode: str) -> BoostConfig:
-    if mode.endswith("-stochastic"):
+    if mode == "loop-stochastic":
         return BoostConfig(**STOCHASTIC)
+    if mode == "fsdp-stochastic":
+        return BoostConfig(**CONFIG)  # merge_residual="auto" on a bf16 model
     if mode == "fsdp-gradient":
         return BoostConfig(**GRADIENT_STEP)
     return BoostConfig(**(GRADIENT if mode.endswith("-gradient") else CONFIG))

@@ -1,4 +1,5 @@
-"""Merges into bf16 weights keep the update (fp32 or bf16 residual), where a plain bf16 add loses most of it."""
+"""Merges into bf16 weights keep the update (stochastic rounding, the default, in expectation; an fp32 or bf16
+residual exactly), where a plain bf16 add loses most of it; a state saved when "auto" meant a residual replays so."""
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def kept_share(booster, original) -> float:
 
 
 def test_hundred_small_merges_into_bf16_keep_the_update():
-    compensated, original = bf16_booster("auto")
+    compensated, original = bf16_booster("residual")
     assert compensated.residuals and all(r.dtype == torch.float32 for r in compensated.residuals.values())
     naive, naive_original = bf16_booster("never")
     assert not naive.residuals
@@ -60,7 +61,7 @@ def test_hundred_small_merges_into_bf16_keep_the_update():
 
 
 def test_a_bf16_residual_takes_half_the_memory_and_still_keeps_the_update():
-    compact, original = bf16_booster("auto", residual_dtype="bfloat16")
+    compact, original = bf16_booster("residual", residual_dtype="bfloat16")
     assert compact.residuals and all(r.dtype == torch.bfloat16 for r in compact.residuals.values())
     naive, naive_original = bf16_booster("never")
     kept, kept_naive = kept_share(compact, original), kept_share(naive, naive_original)
@@ -70,7 +71,7 @@ def test_a_bf16_residual_takes_half_the_memory_and_still_keeps_the_update():
 
 @pytest.mark.parametrize("residual_dtype", ["float32", "bfloat16"])
 def test_merged_export_and_resume_include_what_the_residual_holds(tmp_path, residual_dtype):
-    booster, _ = bf16_booster("auto", rounds=6, residual_dtype=residual_dtype)
+    booster, _ = bf16_booster("residual", rounds=6, residual_dtype=residual_dtype)
     state = merged_state_dict(booster)
     for slot in booster.slots:
         expected = booster.merged_weight(slot).to(torch.bfloat16)  # nothing live: all merged
@@ -143,3 +144,39 @@ def test_stochastic_merges_resume_and_repeat_bit_for_bit(tmp_path):
     fresh.load_state(tmp_path / "s.safetensors")  # replays the 6 merges, with their draws
     for a, b, c in zip(first.slots, second.slots, fresh.slots):
         assert torch.equal(a.base_weight, b.base_weight) and torch.equal(a.base_weight, c.base_weight)
+
+
+def test_auto_rounds_bf16_merges_stochastically_and_adds_fp32_merges_in_place():
+    auto, _ = bf16_booster("auto", rounds=6)
+    stochastic, _ = bf16_booster("stochastic", rounds=6)
+    assert not auto.residuals  # no memory beyond the bf16 weights
+    for mine, theirs in zip(auto.slots, stochastic.slots):
+        assert torch.equal(mine.base_weight, theirs.base_weight)
+    fp32 = Booster(tiny_llama(layers=2), BoostConfig(method="cola", rounds=2), total_steps=2)
+    train_steps(fp32, 2)
+    assert not fp32.residuals and len(fp32.ledger) > 0
+
+
+def train_steps(booster, steps):
+    opt = torch.optim.AdamW(booster.parameters(), lr=1e-3)
+    for batch in batches("llama", steps):
+        booster.model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        booster.step(opt)
+
+
+def test_a_format_2_state_replays_auto_with_the_residual_it_then_meant():
+    residual, _ = bf16_booster("residual", rounds=6)
+    state = residual.state_dict()
+    state["meta"]["format"] = 2  # saved by loraboost before "auto" meant stochastic rounding
+    state["meta"]["config"]["merge_residual"] = "auto"
+    resumed = Booster(tiny_llama(layers=2).to(torch.bfloat16), BoostConfig(**state["meta"]["config"]))
+    resumed.load_state_dict(state)
+    assert resumed.merge_policy == "residual" and resumed.residuals
+    for mine, theirs in zip(resumed.slots, residual.slots):
+        assert torch.equal(mine.base_weight, theirs.base_weight)
+        assert torch.equal(resumed.residuals[mine.name], residual.residuals[theirs.name])
+    state["meta"]["format"] = 1
+    with pytest.raises(ValueError, match="state format 1 is not supported; this loraboost reads formats 2, 3"):
+        Booster(tiny_llama(layers=2).to(torch.bfloat16), BoostConfig(**state["meta"]["config"])).load_state_dict(state)

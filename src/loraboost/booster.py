@@ -13,7 +13,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .checkpoint import booster_state, check_compatible, extra_trainables, load_state_file, save_state_file
+from .checkpoint import (
+    booster_state,
+    check_compatible,
+    extra_trainables,
+    load_state_file,
+    merge_policy_of,
+    save_state_file,
+)
 from .compat import check_private_apis
 from .config import BoostConfig
 from .export import save_adapter, save_merged
@@ -112,6 +119,8 @@ class Booster:
         self.plan = plan
         # Residuals of merged weights (see merge.add_delta_), made at a module's first merge.
         self.residuals: dict[str, torch.Tensor] = {}
+        # config.merge_residual, unless a state saved under an older meaning of "auto" is replayed.
+        self.merge_policy = cfg.merge_residual
         # Quantized base layers are never written to: their merged rounds run beside them.
         self.side_paths: dict[str, LowRankSidePath] = {
             s.name: LowRankSidePath(s.lora.get_base_layer()) for s in self.slots if is_quantized(s.base_weight)
@@ -242,6 +251,7 @@ class Booster:
         state for another architecture, shape or target set is refused before anything changes."""
         check_compatible(self, state)
         meta, tensors = state["meta"], state["tensors"]
+        self.merge_policy = merge_policy_of(meta, self.config)
         self.ledger.load_state(meta["ledger"], tensors)
         slots = {s.name: s for s in self.slots}
         # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
@@ -409,7 +419,7 @@ class Booster:
             # Stochastic rounding draws from (seed, round, module): every rank and every replay rounds alike.
             weight = slot.base_weight
             generator = None
-            if rounds_stochastically(self.config.merge_residual, weight.dtype):
+            if rounds_stochastically(self.merge_policy, weight.dtype):
                 generator = round_generator(self.config.seed, round_index, f"merge:{slot.name}")
             add_delta_(weight, lora_delta(A, B, scale, slot.fan_in_fan_out), self._residual(slot), generator)
 
@@ -417,7 +427,7 @@ class Booster:
         """The residual of ``slot``'s weight (in ``merge_residual_dtype``), created on first use when the
         policy asks for one."""
         weight = slot.base_weight
-        if slot.name not in self.residuals and needs_residual(self.config.merge_residual, weight.dtype):
+        if slot.name not in self.residuals and needs_residual(self.merge_policy, weight.dtype):
             dtype = getattr(torch, self.config.merge_residual_dtype)
             self.residuals[slot.name] = torch.zeros_like(weight, dtype=dtype)  # sharded like the weight
         return self.residuals.get(slot.name)

@@ -19,7 +19,10 @@ from .slot import BoosterSurface
 STATE_FILE = "loraboost_state.safetensors"
 # 2: each module's shape is its (out, in), not its weight's storage shape (a Conv1D's is (in, out), and a
 # 4-bit weight's changes when bitsandbytes repacks it), so a format-1 state is refused with this message.
-FORMAT = 2
+# 3: merge_residual="auto" rounds bf16/fp16 merges stochastically; in format 2 it kept a residual (now
+# "residual"), and a format-2 state still replays that way.
+FORMAT = 3
+READABLE_FORMATS = (2, 3)
 
 
 def booster_state(booster: BoosterSurface) -> dict[str, Any]:
@@ -86,12 +89,22 @@ def extra_trainables(booster: BoosterSurface) -> list[tuple[str, torch.nn.Parame
     return [(n, p) for n, p in booster.model.named_parameters() if p.requires_grad and id(p) not in factors]
 
 
+def merge_policy_of(meta: dict[str, Any], config: BoostConfig) -> str:
+    """The merge policy the saved run used: its config's, except that "auto" meant "residual" in format 2."""
+    if meta.get("format") == 2 and config.merge_residual == "auto":
+        return "residual"
+    return config.merge_residual
+
+
 def check_compatible(booster: BoosterSurface, state: dict[str, Any]) -> None:
     """Raise a ValueError naming the first way ``state`` does not fit this fresh booster (format, model,
     config, modules, shapes); loading changes nothing before every check passed."""
     meta, tensors = state["meta"], state["tensors"]
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"state format {meta.get('format')!r} is not supported; this loraboost reads format {FORMAT}.")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise ValueError(
+            f"state format {meta.get('format')!r} is not supported; this loraboost reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}."
+        )
     if booster.global_step != 0 or len(booster.ledger) != 0:
         raise ValueError(
             f"load_state_dict needs a fresh Booster on the original base model, but this one has taken "

@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 OPTIMIZER_RESETS = ("reset", "keep", "prune")
 LR_SCHEDULES = ("global", "per_round")
 FROZEN_FACTORS = ("none", "A", "B")
-MERGE_RESIDUALS = ("auto", "always", "never", "stochastic")
+MERGE_RESIDUALS = ("auto", "residual", "always", "never", "stochastic")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
 ROUND_INITS = ("random", "gradient", "gradient-step")
 LAYER_SELECTIONS = ("random", "gradient", "gradient-topk")
@@ -84,11 +84,13 @@ class BoostConfig:
         layers_per_round: L_s, the blocks a round's booster is placed on: a count, a fraction of all
             blocks in (0, 1], or None for every block.
         merge_scale: alpha_t, the step size of a merge: W <- W + alpha_t * (alpha / r) * B A.
-        merge_residual: keep a residual per merged weight so that no merge is rounded away:
-            ``auto`` for bf16/fp16 weights (4 bytes per adapted weight element in fp32), ``always`` (fp32 weights
-            too: exact reconstruction from the ledger), ``never`` (plain in-place add), or ``stochastic`` (no
-            residual: a bf16/fp16 merge rounds up or down at random so that it is kept in expectation, drawn
-            from (seed, round, module), so ranks and resumed runs round alike).
+        merge_residual: how a merge enters a weight stored in bf16/fp16, whose rounding would drop small merges:
+            ``stochastic`` (no memory: each merge rounds up or down at random so that it is kept in
+            expectation, drawn from (seed, round, module), so ranks and resumed runs round alike), ``residual``
+            (a residual per merged bf16/fp16 weight keeps every merge exactly, at 4 bytes per element in fp32),
+            ``always`` (a residual for fp32 weights too: exact reconstruction from the ledger) or ``never``
+            (a plain in-place add). ``auto`` is ``stochastic`` (it was ``residual`` in checkpoint format 2,
+            and states saved then replay that way). fp32 weights add in place unless ``always``.
         merge_residual_dtype: what a residual is stored in: ``float32`` (keeps every merge, to fp32's
             precision) or ``bfloat16`` (half the memory, 2 bytes per element, and loses its own rounding;
             BENCHMARKS.md measures how much of the update each keeps).

@@ -103,12 +103,12 @@ def add_delta_(
 
 def needs_residual(policy: str, dtype: torch.dtype) -> bool:
     """Whether a weight of ``dtype`` gets a residual under ``merge_residual=policy``."""
-    return policy == "always" or policy == "auto" and dtype in LOW_PRECISION
+    return policy == "always" or policy == "residual" and dtype in LOW_PRECISION
 
 
 def rounds_stochastically(policy: str, dtype: torch.dtype) -> bool:
     """Whether a merge into a weight of ``dtype`` is rounded stochastically under ``merge_residual=policy``."""
-    return policy == "stochastic" and dtype in LOW_PRECISION
+    return policy in ("stochastic", "auto") and dtype in LOW_PRECISION
 
 
 def is_quantized(weight: torch.Tensor) -> bool:
