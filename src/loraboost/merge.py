@@ -54,14 +54,20 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 def stochastic_round(total: torch.Tensor, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     """``total`` (fp32) rounded to ``dtype`` up or down at random, with the probability that makes the result
     equal ``total`` in expectation: a change smaller than the format's step is kept on average, not dropped.
-    The draws come from ``generator`` (on the CPU), so a seeded generator rounds the same way every time."""
+    The draws come from ``generator`` (a CPU generator), so a seeded generator rounds the same way every time;
+    for a tensor on an accelerator they are drawn there, from a generator of that device seeded by ``generator``
+    (drawing hundreds of millions of numbers on the host and copying them over would stall every merge), so
+    runs on the same kind of device round alike."""
     nearest = total.to(dtype)
     error = total - nearest.float()  # what rounding to nearest dropped (exact: the two are close)
     toward = torch.where(error > 0, torch.inf, -torch.inf).to(dtype)
     other = torch.nextafter(nearest, toward)  # the representable value on the other side of total
     step = (other.float() - nearest.float()).abs()
     chance = torch.where(step > 0, error.abs() / step, torch.zeros_like(step))
-    draws = torch.rand(total.shape, generator=generator, dtype=torch.float32).to(total.device)
+    if total.device.type != "cpu":
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+        generator = torch.Generator(device=total.device).manual_seed(seed)
+    draws = torch.rand(total.shape, generator=generator, dtype=torch.float32, device=total.device)
     return torch.where(draws < chance, other, nearest)
 
 
