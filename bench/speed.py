@@ -165,9 +165,8 @@ def gradient_round_cost(model_dir: Path, batches, steps: int, batch: int, litera
     plain_times = [t for t, s in zip(compute, probe.sketched[1:]) if not s]
     sketch_extra = statistics.median(sketched_times) - statistics.median(plain_times)
     change_extra = statistics.fmean(probe.change_seconds) - literal_change
-    kappa = BoostConfig(**GRADIENT_ROUNDS).steps_per_round
-    sketch_steps = BoostConfig(**GRADIENT_ROUNDS).sketch_steps
-    share = (sketch_steps * sketch_extra + change_extra) / (kappa * median_step)
+    default = BoostConfig(**GRADIENT_ROUNDS)  # what a run at the default kappa sketches
+    share = (default.sketch_steps * sketch_extra + change_extra) / (default.steps_per_round * median_step)
     return {
         "kappa_probe": 2,
         "sketched_steps_timed": len(sketched_times),
