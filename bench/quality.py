@@ -42,21 +42,17 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from loraboost import BoostConfig
+from loraboost.arms import ARMS, Arm
 from loraboost.options import RunOptions
 from loraboost.run import prepare, train
 from loraboost.run_folder import FINISHED, FULL_MODEL
 
 # Peak learning rates tried per method family, a half-decade apart (COLA picked from a grid too).
-FULL_GRID = (1e-5, 3e-5, 1e-4)
-LORA_GRID = (3e-4, 1e-3, 3e-3)
-XGB_GRID = (1e-3, 3e-3, 1e-2)  # rank-1 boosters with fresh Adam state each round learn slowly at LoRA's rates
 MAX_EXTENSIONS = 2  # half-decades added beyond a grid whose best rate sits at its edge
 
 
@@ -84,67 +80,16 @@ def metric_label(metric: str) -> str:
     return f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric
 
 
-@dataclass(frozen=True)
-class Method:
-    """One compared method: its booster config (None: full fine-tuning), LR grid, and what it is."""
-
-    label: str
-    boost: dict = field(default_factory=dict)
-    lr_grid: tuple[float, ...] = LORA_GRID
-    full_finetune: bool = False
-
-
+# The arms the grid sweeps, in table order: names from the library's one catalogue (loraboost.arms.ARMS), which
+# holds each one's label, configuration and LR grid.
 METHODS = {
-    "full": Method("full fine-tuning", full_finetune=True, lr_grid=FULL_GRID),
-    "lora-qv": Method("LoRA r8 q/v", dict(method="lora")),
-    "lora-all": Method("LoRA r8 all-linear", dict(method="lora", target_modules="all-linear")),
-    "lora-r24": Method("LoRA r24 q/v (COLA's total rank)", dict(method="lora", rank=24)),
-    "cola": Method("COLA 3 links r8 q/v", dict(method="cola")),
-    "xgblora": Method("XGBLoRA r1, 1/3 of blocks, kappa 50", dict(method="xgblora"), lr_grid=XGB_GRID),
-    # XGBLoRA's rank, scaling and targets on every block at once, never merged: boosting's matched baseline.
-    "lora-r1-all": Method(
-        "LoRA r1 all-linear (XGBLoRA's rank and targets)",
-        dict(method="lora", rank=1, target_modules="all-linear"),
-        lr_grid=XGB_GRID,
-    ),
-    # XGBLoRA's parameters after its merges on the capacity cell: 15 rank-1 rounds, each on a third of the blocks,
-    # add up to about rank 5 on every linear layer (4 to 6 by the draw). Does the rank it reaches explain its score?
-    "lora-r5-all": Method(
-        "LoRA r5 all-linear (the total rank XGBLoRA reaches in 15 rounds)",
-        dict(method="lora", rank=5, target_modules="all-linear"),
-    ),
-    "raclora": Method("RAC-LoRA 3 links r8 q/v", dict(method="raclora")),
-    "relora": Method("ReLoRA 4 rounds r8 q/v", dict(method="relora")),
-    # Gradient-boosted rounds (BoostConfig.round_init / layer_selection): each booster starts on the top
-    # singular direction of the loss gradient, and the blocks of a round are drawn by their gradient's gap.
-    "xgblora-grad": Method(
-        "XGBLoRA, gradient start and gradient blocks",
-        dict(method="xgblora", round_init="gradient", layer_selection="gradient"),
-        lr_grid=XGB_GRID,
-    ),
-    "xgblora-gradinit": Method(
-        "XGBLoRA, gradient start only", dict(method="xgblora", round_init="gradient"), lr_grid=XGB_GRID
-    ),
-    "xgblora-gradsel": Method(
-        "XGBLoRA, gradient blocks only", dict(method="xgblora", layer_selection="gradient"), lr_grid=XGB_GRID
-    ),
-    "cola-grad": Method("COLA, links start on the gradient", dict(method="cola", round_init="gradient")),
-    # The alternatives: each round starts with one rank-1 descent step along the gradient (LoRA-One's start), and
-    # the blocks with the largest gaps train (Frank-Wolfe's own choice), with forced visits so none is starved.
-    "xgblora-gradstep": Method(
-        "XGBLoRA, one-descent-step start only (LoRA-One)",
-        dict(method="xgblora", round_init="gradient-step"),
-        lr_grid=XGB_GRID,
-    ),
-    "xgblora-topk": Method(
-        "XGBLoRA, top-k gradient blocks only", dict(method="xgblora", layer_selection="gradient-topk"), lr_grid=XGB_GRID
-    ),
-    "xgblora-gradstep-topk": Method(
-        "XGBLoRA, one-descent-step start and top-k gradient blocks",
-        dict(method="xgblora", round_init="gradient-step", layer_selection="gradient-topk"),
-        lr_grid=XGB_GRID,
-    ),
-}
+    name: ARMS[name]
+    for name in (
+        "full", "lora-qv", "lora-all", "lora-r24", "cola", "xgblora", "lora-r1-all", "lora-r5-all", "raclora",
+        "relora", "xgblora-grad", "xgblora-gradinit", "xgblora-gradsel", "cola-grad", "xgblora-gradstep",
+        "xgblora-topk", "xgblora-gradstep-topk",
+    )
+}  # fmt: skip
 
 
 class Ablation(NamedTuple):
@@ -286,16 +231,14 @@ def start_worker(threads: int, jobs: int) -> None:
     RAN_AS["how"] = f"{jobs} runs side by side{where()}, {threads} torch thread(s) each"
 
 
-def run_once(folder: Path, options: RunOptions, method: Method, overrides: dict, seed: int, lr: float) -> dict:
+def run_once(folder: Path, options: RunOptions, method: Arm, overrides: dict, seed: int, lr: float) -> dict:
     """One training run (reused if already finished); checkpoints and the full model are deleted after,
     since only the summary and the metrics are needed here and they cost up to GBs per run."""
     if (folder / FINISHED).exists():
         return json.loads((folder / FINISHED).read_text())
     print(f"quality: {folder}", file=sys.stderr, flush=True)
-    run_options = dataclasses.replace(
-        options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True, full_finetune=method.full_finetune
-    )
-    summary = train(run_options, BoostConfig(**{**method.boost, **overrides, "seed": seed}))
+    run_options = dataclasses.replace(options, seed=seed, learning_rate=lr, output=str(folder), overwrite=True)
+    summary = train(run_options, method.with_options(overrides))
     (folder / RAN_AS_FILE).write_text(RAN_AS["how"])
     for leftover in [*folder.glob("checkpoint-*"), folder / FULL_MODEL]:
         shutil.rmtree(leftover, ignore_errors=True)
@@ -314,7 +257,7 @@ def cell(
     out: Path,
     options: RunOptions,
     name: str,
-    method: Method,
+    method: Arm,
     seeds: list[int],
     lr_grid,
     overrides=None,
@@ -387,7 +330,7 @@ def base_cell(options: RunOptions, seeds: list[int]) -> dict:
     """The untrained model on each seed's test split (an encoder's new head is random: chance level)."""
     scores, metric = [], metric_of(options.data)
     for seed in seeds:
-        model, _, task, splits = prepare(dataclasses.replace(options, seed=seed), BoostConfig(method="lora"))
+        model, _, task, splits = prepare(dataclasses.replace(options, seed=seed))
         scores.append(task.evaluate(model, splits["test"])[metric])
     return {
         "name": "base",

@@ -30,7 +30,7 @@ from unittest import mock
 
 import torch
 
-from loraboost import BoostConfig
+from loraboost.arms import ARMS
 from loraboost.booster import Booster
 from loraboost.run import train
 
@@ -39,10 +39,11 @@ from quality import SIZES, cell_options  # noqa: E402  (the quality benchmark's 
 
 DECAY = 0.9
 NOISE_DRIFT = math.sqrt((1 - DECAY) / (1 + DECAY))  # steps in random directions, in many dimensions
+# Arms of the library's catalogue, and XGBLoRA as one round that is never merged (its overrides).
 RUNS = {
-    "xgblora": dict(method="xgblora"),
-    "xgblora-grad": dict(method="xgblora", round_init="gradient", layer_selection="gradient"),
-    "one-round": dict(method="xgblora", steps_per_round=10**6),
+    "xgblora": ARMS["xgblora"],
+    "xgblora-grad": ARMS["xgblora-grad"],
+    "one-round": ARMS["xgblora"].with_options({"steps_per_round": 10**6}),
 }
 
 
@@ -99,9 +100,9 @@ def run(name: str, args, out: Path) -> dict:
     )
     log: list[dict] = []
     with mock.patch.object(Booster, "step", measured_step(log)):
-        summary = train(options, BoostConfig(**RUNS[name]))
+        summary = train(options, RUNS[name])
     ends = [entry["step"] for entry, following in zip(log, log[1:]) if following["round"] != entry["round"]]
-    return {"config": RUNS[name], "metrics": summary["metrics"], "merges_after_step": ends, "drift": log}
+    return {"config": RUNS[name].boost, "metrics": summary["metrics"], "merges_after_step": ends, "drift": log}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -45,11 +45,11 @@ import transformers
 from review_text import review_token_rows
 
 from loraboost import BoostCallback, BoostConfig, Booster
+from loraboost.arms import ARMS as LIBRARY_ARMS
 
 ARMS = ("peft-lora", "lora", "xgblora", "xgblora-grad", "cola", "peft-lora-r1-all", "floor")
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
-GRADIENT_ROUNDS = dict(method="xgblora", round_init="gradient", layer_selection="gradient")
-BOOST_ARMS = {"xgblora-grad": GRADIENT_ROUNDS}  # arms that are not a preset at its defaults
+GRADIENT_ROUNDS = LIBRARY_ARMS["xgblora-grad"].boost  # the library's catalogue holds every booster arm's config
 GRADIENT_GOAL = 0.02  # extra training time of gradient rounds over a run at the default kappa (issue 19)
 
 
@@ -103,7 +103,7 @@ def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
             r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0
         )
         return peft.get_peft_model(model, config), None
-    booster = Booster(model, boost or BoostConfig(**BOOST_ARMS.get(arm, {"method": arm})))
+    booster = Booster(model, boost or BoostConfig(**LIBRARY_ARMS[arm].boost))
     return booster.model, booster
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import BoostConfig
-from .flags import add_dataclass_options, parse_value, resolve, run_overrides
+from .flags import (
+    add_dataclass_options,
+    add_method_options,
+    arms_for_compare,
+    parse_value,
+    resolve,
+    resolve_values,
+    run_overrides,
+)
 from .options import RunOptions
 from .terminal import quiet_third_parties
 
@@ -43,6 +51,7 @@ def _other_data(finished, changes: dict[str, Any], labelled: bool = True):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraboost",
+        allow_abbrev=False,
         description="Fine-tune by boosting low-rank adapters (XGBLoRA, COLA, RAC-LoRA, ReLoRA, LoRA).",
         epilog="Example: loraboost train --method xgblora --data reviews.csv --label-words ' bad, good' "
         "--output runs/xgb   (then: loraboost eval runs/xgb; loraboost export runs/xgb --to merged out/)",
@@ -58,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune with transformers' Trainer and BoostCallback into a run folder.",
     )
     p.add_argument("--config", help="a YAML file of options (the flags below override it)")
+    add_method_options(p)
     add_dataclass_options(p, RunOptions, "run")
     # One --seed drives both the data (splits, order) and the booster's plan and initialisations.
     add_dataclass_options(
-        p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)", skip=("seed",)
+        p, BoostConfig, "boosting (see BoostConfig; unset fields take the method's preset)", skip=("seed", "method")
     )
 
     p = commands.add_parser(
@@ -71,11 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
         "write a table and a figure (compare.md, compare.png) into --output.",
     )
     p.add_argument("--config", help="a YAML file of options (the flags below override it)")
-    p.add_argument("--methods", type=parse_value, default="lora,cola,xgblora", help="comma-separated presets")
+    p.add_argument(
+        "--methods",
+        type=parse_value,
+        default="lora,cola,xgblora",
+        help="comma-separated methods: booster presets and variants, full, full-blocks, galore, apollo, apollo-mini "
+        "(see loraboost train --help)",
+    )
     p.add_argument("--seeds", type=parse_value, default="0,1,2", help="comma-separated seeds")
     p.add_argument("--no-base", action="store_true", help="skip the untuned model's row")
+    # Refused with a sentence that says what to write instead (it names one method; compare trains several).
+    p.add_argument("--full-finetune", action="store_true", default=None, help=argparse.SUPPRESS)
     add_dataclass_options(p, RunOptions, "run (shared by every method)", skip=("seed", "overwrite", "resume"))
-    add_dataclass_options(p, BoostConfig, "boosting overrides (applied to every method)", skip=("seed", "method"))
+    add_dataclass_options(
+        p,
+        BoostConfig,
+        "boosting overrides (applied to every method they apply to: all to a booster, --rank and "
+        "--steps-per-round to a peer's projection, none to full fine-tuning)",
+        skip=("seed", "method"),
+    )
 
     p = commands.add_parser(
         "eval",
@@ -143,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "demo", help="LoRA, COLA and XGBLoRA on the embedded default (what make demo runs)", add_help=False
     )
+    for command in commands.choices.values():
+        command.allow_abbrev = False  # a prefix such as --method must never be taken for --methods
     return parser
 
 
@@ -166,19 +192,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            options, boost = resolve(args)
-            summary = train(options, BoostConfig(**boost))
+            options, arm = resolve(args)
+            summary = train(options, arm)
             print(json.dumps(summary, indent=1))
-            saved = "fine-tuned model in {}/model" if options.full_finetune else "adapter in {}/adapter"
+            saved = "adapter in {}/adapter" if arm.kind == "booster" else "fine-tuned model in {}/model"
             print(f"run folder: {options.output} ({saved.format(options.output)})")
         elif args.command == "compare":
             from .compare import compare
 
             methods = args.methods if isinstance(args.methods, list) else [args.methods]
             seeds = args.seeds if isinstance(args.seeds, list) else [args.seeds]
-            options, boost = resolve(args)
-            configs = {m: BoostConfig(**{**boost, "method": m}) for m in methods}  # validates every method
-            compare(options, configs, [int(s) for s in seeds], options.output, include_base=not args.no_base)
+            options, values = resolve_values(args)
+            arms = arms_for_compare(methods, values)  # validates every method before any run starts
+            compare(options, arms, [int(s) for s in seeds], options.output, include_base=not args.no_base)
         elif args.command == "eval":
             if args.run:
                 run = Path(args.run)
@@ -212,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if args.split:
                     raise ValueError("--split applies to a finished run; a base model is scored on its test split.")
-                options, boost = resolve(args)
-                model, _, task, splits = prepare(options, BoostConfig(**boost))
+                options, _ = resolve_values(args)
+                model, _, task, splits = prepare(options)
                 metrics = task.score(model, splits)
                 target = Path(args.metrics_file or "eval.json")
             target.write_text(json.dumps(metrics, indent=1))

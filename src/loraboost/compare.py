@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .arms import Arm, arm_of
 from .config import BoostConfig
 from .options import RunOptions
 from .run import prepare, train
@@ -20,13 +21,16 @@ LOWER_IS_BETTER = {"perplexity", "loss"}
 
 def compare(
     options: RunOptions,
-    methods: dict[str, BoostConfig],
+    methods: list[Arm] | dict[str, Arm | BoostConfig],
     seeds: list[int],
     output: str | Path,
     include_base: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train every method with every seed into ``output/<method>-seed<k>`` (finished runs are reused, so an
-    interrupted comparison resumes) and write compare.json, compare.md and compare.png; returns the rows."""
+    """Train every arm (or, by name, BoostConfig) with every seed into ``output/<name>-seed<k>`` (finished runs
+    are reused, so an interrupted comparison resumes) and write compare.json, compare.md and compare.png; returns
+    the rows, each with its arm's label, trainable parameters, optimizer state bytes and peak memory."""
+    named = methods.items() if isinstance(methods, dict) else ((arm.name, arm) for arm in methods)
+    arms = {name: dataclasses.replace(arm_of(what), name=name) for name, what in named}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     metric = "accuracy" if options.task == "classify" else "perplexity"
@@ -35,10 +39,10 @@ def compare(
         scores = []
         for seed in seeds:
             seeded = dataclasses.replace(options, seed=seed)
-            model, _, task, splits = prepare(seeded, BoostConfig(method="lora"))  # the untouched base model
+            model, _, task, splits = prepare(seeded)  # the untouched base model
             scores.append(task.evaluate(model, splits["test"])[metric])
-        rows.append(_row("base (untuned)", metric, scores, []))
-    for name, config in methods.items():
+        rows.append(_row("base (untuned)", "the model before fine-tuning", metric, scores, []))
+    for name, arm in arms.items():
         summaries = []
         for seed in seeds:
             folder = out / f"{name}-seed{seed}"
@@ -47,8 +51,8 @@ def compare(
                 continue
             print(f"loraboost compare: {name}, seed {seed} -> {folder}", file=sys.stderr)
             seeded = dataclasses.replace(options, seed=seed, output=str(folder), overwrite=True, resume=False)
-            summaries.append(train(seeded, dataclasses.replace(config, seed=seed)))
-        rows.append(_row(name, metric, [s["metrics"]["test"][metric] for s in summaries], summaries))
+            summaries.append(train(seeded, _seeded(arm, seed)))
+        rows.append(_row(name, arm.label, metric, [s["metrics"]["test"][metric] for s in summaries], summaries))
     (out / "compare.json").write_text(json.dumps({"metric": metric, "seeds": seeds, "rows": rows}, indent=1))
     table = format_table(rows, metric)
     (out / "compare.md").write_text(table + "\n")
@@ -58,15 +62,24 @@ def compare(
     return rows
 
 
-def _row(name: str, metric: str, scores: list[float], summaries: list[dict]) -> dict[str, Any]:
+def _seeded(arm: Arm, seed: int) -> Arm:
+    """The arm for one seed: a booster's BoostConfig values follow the run's seed."""
+    if arm.boost is None or "seed" not in arm.boost:
+        return arm
+    return dataclasses.replace(arm, boost={**arm.boost, "seed": seed})
+
+
+def _row(name: str, label: str, metric: str, scores: list[float], summaries: list[dict]) -> dict[str, Any]:
     first = summaries[0] if summaries else {}
     return {
         "method": name,
+        "label": label,
         "metric": metric,
         "scores": scores,
         "mean": statistics.fmean(scores),
         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
         "live_trainable_parameters": first.get("live_trainable_parameters", 0),
+        "trainable_parameters": first.get("trainable_parameters", 0),
         "optimizer_state_bytes": max((s["optimizer_state_bytes"] for s in summaries), default=0),
         "peak_memory_bytes": max((s["peak_memory_bytes"] for s in summaries), default=0),
         "train_seconds": statistics.fmean([s["train_seconds"] for s in summaries]) if summaries else 0.0,
@@ -77,13 +90,13 @@ def _row(name: str, metric: str, scores: list[float], summaries: list[dict]) -> 
 
 def format_table(rows: list[dict], metric: str) -> str:
     lines = [
-        f"| method | test {metric} (mean +- std) | trainable params per step | optimizer state | "
+        f"| method | what it is | test {metric} (mean +- std) | trainable params per step | optimizer state | "
         "peak memory | train time | rounds merged |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['scores'])}) | "
+            f"| {r['method']} | {r['label']} | {r['mean']:.3f} +- {r['std']:.3f} (n={len(r['scores'])}) | "
             f"{r['live_trainable_parameters']:,} | {r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
             f"{r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['train_seconds']:.0f} s | {r['rounds_merged']} |"
         )

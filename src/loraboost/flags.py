@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .arms import ARMS, PEER_OPTIONS, Arm, get_arm
 from .config import BoostConfig
 from .options import RunOptions
 
@@ -74,15 +75,26 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip
             )
 
 
-def resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
-    """YAML first, then the flags given on the command line: the run options and the BoostConfig values."""
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """``--method`` names an arm of the catalogue; ``--full-finetune`` is the older spelling of ``--method full``."""
+    parser.add_argument(
+        "--method",
+        metavar="NAME",
+        help=f"what trains (default: xgblora): {', '.join(ARMS)}",
+    )
+    parser.add_argument("--full-finetune", action="store_true", default=None, help="the same as --method full")
+
+
+def resolve_values(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
+    """YAML first, then the flags given on the command line: the run options and every other value given
+    (BoostConfig fields, ``method``, ``full_finetune``)."""
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_config(args.config))
     skip = ("command", "config", "methods", "seeds", "no_base", "run", "metrics_file", "verbose", "split")
     values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
     run_names = {f.name for f in dataclasses.fields(RunOptions)}
-    boost_names = {f.name for f in dataclasses.fields(BoostConfig)}
+    boost_names = {f.name for f in dataclasses.fields(BoostConfig)} | {"full_finetune"}
     unknown = sorted(set(values) - run_names - boost_names)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in {args.config}; see loraboost train --help.")
@@ -90,9 +102,39 @@ def resolve(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]]:
         if isinstance(values.get(key), str):
             values[key] = [values[key]]
     options = RunOptions(**{k: v for k, v in values.items() if k in run_names})
-    boost = {k: v for k, v in values.items() if k in boost_names}
-    boost["seed"] = options.seed
-    return options, boost
+    return options, {k: v for k, v in values.items() if k in boost_names and k != "seed"}
+
+
+def resolve(args: argparse.Namespace) -> tuple[RunOptions, Arm]:
+    """The run options and the arm to train: ``--method`` (or ``--full-finetune``) with the BoostConfig values
+    given applied to it (a value that does not apply to the arm is refused in one sentence)."""
+    options, values = resolve_values(args)
+    method = values.pop("method", None)
+    if values.pop("full_finetune", None):
+        if method not in (None, "full"):
+            raise ValueError(
+                f"--full-finetune is the same as --method full, but --method {method} was given too; pass only one."
+            )
+        method = "full"
+    return options, get_arm(method if method is not None else "xgblora").with_options(values)
+
+
+def arms_for_compare(names: list[Any], values: dict[str, Any]) -> list[Arm]:
+    """The arms a comparison trains, each with the given BoostConfig values that apply to it (every value to a
+    booster, the projection rank and update gap to a peer, none to full fine-tuning)."""
+    if values.get("full_finetune"):
+        raise ValueError("--full-finetune names one method; in compare, list full in --methods instead.")
+    if "method" in values:
+        raise ValueError("compare trains every method in --methods; drop --method (or list it in --methods).")
+    arms = []
+    for name in names:
+        arm = get_arm(name)
+        applies = {"booster": set(values), "peer": set(PEER_OPTIONS), "full": set()}[arm.kind]
+        arms.append(arm.with_options({k: v for k, v in values.items() if k in applies}))
+    duplicated = sorted({a.name for a in arms if [b.name for b in arms].count(a.name) > 1})
+    if duplicated:
+        raise ValueError(f"--methods names {duplicated[0]!r} twice; list each method once.")
+    return arms
 
 
 # What eval and predict may change about a finished run: the data and how it is read, never the model.

@@ -149,10 +149,17 @@ class PeakMemory:
 
 
 def optimizer_state_bytes(optimizer) -> int:
-    """Bytes held in the optimizer's state tensors (Adam: two moments per parameter with a gradient)."""
-    return sum(
-        v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)
-    )
+    """Bytes held in the optimizer's state: its tensors (Adam: two moments per parameter with a gradient), and
+    the tensors of the objects it keeps there (GaLore's and APOLLO's projectors and their projection matrices)."""
+
+    def size(value) -> int:
+        if torch.is_tensor(value):
+            return value.numel() * value.element_size()
+        if hasattr(value, "__dict__") and not isinstance(value, type):
+            return sum(v.numel() * v.element_size() for v in vars(value).values() if torch.is_tensor(v))
+        return 0
+
+    return sum(size(v) for state in optimizer.state.values() for v in state.values())
 
 
 class OptimizerStatePeak(transformers.TrainerCallback):

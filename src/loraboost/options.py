@@ -7,11 +7,6 @@ from dataclasses import dataclass, field
 
 TASKS = ("classify", "sft")
 
-
-# Peak learning rates per method where --learning-rate is not given: the rates BENCHMARKS.md's quality runs picked
-# on validation most often (MiniLM and SmolLM2-135M, AdamW, about 60-600 steps). Rank-1 boosters that restart
-# every round want a larger rate than rank-8 LoRA; full fine-tuning a far smaller one.
-DEFAULT_LEARNING_RATE = {"xgblora": 1e-2, "raclora": 1e-2, "lora": 3e-3, "cola": 3e-3, "relora": 3e-3, "full": 1e-4}
 DEFAULT_SPLITS = {"train": 1000, "test": 500}  # COLA's protocol, where the data has room for it
 TEST_SHARE = 0.2  # of a data set too small for DEFAULT_SPLITS, held out for test
 
@@ -40,7 +35,8 @@ class RunOptions:
         epochs: passes over the training split (when max_steps is -1).
         batch_size: examples per device per step.
         gradient_accumulation: micro-batches per optimizer step.
-        learning_rate: the peak learning rate (default: the method's, e.g. 1e-2 for xgblora, 3e-3 for lora).
+        learning_rate: the peak learning rate (default: the method's, e.g. 1e-2 for xgblora, 3e-3 for lora, 1e-4
+            for full).
         lr_scheduler: the Trainer's schedule: linear, cosine, constant, ...
         warmup_ratio: share of the steps spent warming up.
         save_steps: write a resumable checkpoint every this many steps.
@@ -49,7 +45,6 @@ class RunOptions:
         overwrite: replace a finished run in --output (the old one stays until the new one finishes).
         resume: continue the run in --output from its newest complete checkpoint.
         report_to: loggers for the Trainer, comma-separated (e.g. tensorboard).
-        full_finetune: train every weight instead of boosters (the baseline; saves RUN/model).
         eval_steps: score the validation split every N steps into metrics.jsonl (the learning curve); 0: only
             at the end.
     """
@@ -71,7 +66,7 @@ class RunOptions:
     epochs: float = 1.0
     batch_size: int = 16
     gradient_accumulation: int = 1
-    learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE of the method
+    learning_rate: float | None = None  # None: the arm's own (arms.ARMS)
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.05
     save_steps: int = 100
@@ -80,7 +75,6 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
     report_to: list[str] = field(default_factory=list)
-    full_finetune: bool = False
     eval_steps: int = 0
 
     def __post_init__(self) -> None:
@@ -106,11 +100,6 @@ class RunOptions:
         lr = self.learning_rate
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise ValueError(f"learning_rate={self.learning_rate!r} is not valid; use a positive number.")
-
-
-def default_learning_rate(method: str, full_finetune: bool) -> float:
-    """The peak rate a run of ``method`` uses when none is given (DEFAULT_LEARNING_RATE)."""
-    return DEFAULT_LEARNING_RATE["full" if full_finetune else method]
 
 
 def fit_splits(options: RunOptions, rows: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 import transformers
 
+from .arms import Arm, arm_of
 from .atomic import atomic_file
 from .booster import Booster
 from .checkpoint import extra_trainables
@@ -31,12 +32,12 @@ from .monitors import (
     ValidationCurve,
     round_of_step,
 )
-from .options import RunOptions, default_learning_rate, fit_splits
+from .options import RunOptions, fit_splits
+from .peers import set_trainable, training_arguments
 from .run_folder import (
     FINISHED,
     FULL_MODEL,
     METRICS,
-    RUN_FILE,
     STATE,
     MarkCheckpointComplete,
     check_output,
@@ -44,6 +45,7 @@ from .run_folder import (
     checkpoint_step,
     is_run,
     newest_complete_checkpoint,
+    saved_run,
     staging_folder,
     swap_in,
     trim_metrics,
@@ -70,8 +72,9 @@ class TaskTrainer(transformers.Trainer):
         return (loss, None) if return_outputs else loss
 
 
-def prepare(options: RunOptions, boost: BoostConfig):
-    """Load and check everything before any output is written; returns what training needs."""
+def prepare(options: RunOptions, arm: Arm | BoostConfig | None = None):
+    """Load and check everything before any output is written; returns what training needs. Without
+    ``--learning-rate``, the run takes ``arm``'s own rate."""
     data = load_data(options.data)
     if options.data in EMBEDDED and EMBEDDED[options.data].task != options.task:
         kind = EMBEDDED[options.data].task
@@ -102,8 +105,8 @@ def prepare(options: RunOptions, boost: BoostConfig):
     if fitted:
         shown = " / ".join(f"{size} {name}" for name, size in sizes.items())
         print(f"loraboost: splits of the {len(data)} examples: {shown} (seed {options.seed})", file=sys.stderr)
-    if options.learning_rate is None:
-        options.learning_rate = default_learning_rate(boost.method, options.full_finetune)
+    if options.learning_rate is None and arm is not None:
+        options.learning_rate = arm_of(arm).learning_rate
     classes = None
     if options.task == "classify":
         classes = sorted(set(data[options.label_column]))
@@ -127,29 +130,36 @@ def prepare(options: RunOptions, boost: BoostConfig):
     return model, tokenizer, task, splits
 
 
-def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
-    """Run a fine-tune into ``options.output``; returns the summary (also saved as summary.json).
+def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
+    """Run a fine-tune of ``what`` (an arm of arms.ARMS, or a BoostConfig) into ``options.output``; returns the
+    summary (also saved as summary.json).
 
     Everything is checked before the first file is written (a bad input leaves no folder); ``--resume``
     continues from the newest complete checkpoint with the run's own settings; ``--overwrite`` trains the new
     run beside the old one and swaps it in only once it is finished, so a failure never loses the old run.
     """
+    arm = arm_of(what)
+    arm.check_available()
+    arm.check_launch(options.gradient_accumulation)
     out = Path(options.output)
     check_output(out, options.overwrite, options.resume)
-    model, tokenizer, task, splits = prepare(options, boost)
-    if task.head and boost.modules_to_save is None:
+    model, tokenizer, task, splits = prepare(options, arm)
+    boost = arm.booster_config(options.seed)
+    if boost is not None and task.head and boost.modules_to_save is None:
         # The new classification head trains in every round and is saved with the adapter.
         boost = dataclasses.replace(boost, modules_to_save=[head_module_name(model)])
     staging = staging_folder(out)
     replacing = options.overwrite and out.exists() and any(out.iterdir())
     resuming_staged = options.resume and options.overwrite and is_run(staging)
     work = staging if (replacing and not options.resume) or resuming_staged else out
+    settings = {"options": asdict(options), "arm": arm.to_dict(), "boost": boost.to_dict() if boost else None}
     if options.resume:
-        check_same_settings(work, asdict(options), boost.to_dict())
-    # Full fine-tuning (a baseline) trains every weight of the model itself: no booster, no rounds.
+        check_same_settings(work, settings)
+    # Without a booster (full fine-tuning, an optimizer peer) the model's own weights train: no rounds.
     # A Booster checks its targets and layer counts on the model, before any file is written.
-    booster = None if options.full_finetune else Booster(model, boost)
-    method = "full" if booster is None else boost.method
+    booster = None if boost is None else Booster(model, boost)
+    set_trainable(arm, model)
+    optimizer_settings = training_arguments(arm, model)
 
     checkpoint = None
     if options.resume:
@@ -159,7 +169,7 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
         if work == staging and staging.exists():
             shutil.rmtree(staging)  # left by an overwrite that was killed; --resume --overwrite would continue it
         work.mkdir(parents=True, exist_ok=True)
-        write_run_file(work, {"options": asdict(options), "boost": boost.to_dict()})
+        write_run_file(work, settings)
 
     args = transformers.TrainingArguments(
         output_dir=str(work),
@@ -179,6 +189,7 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
         report_to=options.report_to,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
+        **optimizer_settings,
     )
     interrupt, optimizer_peak = StopOnInterrupt(), OptimizerStatePeak()
     callbacks = [MetricsLog(work / METRICS, booster), interrupt, optimizer_peak]
@@ -208,7 +219,7 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     # Every step is logged to metrics.jsonl; the console gets one bar instead of a printed dict per step.
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    trainer.add_callback(Progress(booster, f"{method} seed {options.seed}"))
+    trainer.add_callback(Progress(booster, f"{arm.name} seed {options.seed}"))
     start = time.perf_counter()
     with PeakMemory() as memory:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -221,7 +232,7 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     if booster is None:
         trained = model
         save_model(model, tokenizer, work / FULL_MODEL)
-        trainable = live = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable = live = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what the optimizer steps
         rounds = 0
     else:
         trained = booster.model
@@ -237,7 +248,7 @@ def train(options: RunOptions, boost: BoostConfig) -> dict[str, Any]:
     if warning:
         print(warning, file=sys.stderr)
     summary = {
-        "method": method,
+        "method": arm.name,
         "seed": options.seed,
         "steps": trainer.state.global_step,
         "rounds_merged": rounds,
@@ -276,11 +287,10 @@ def load_run(folder: str | Path) -> FinishedRun:
         raise ValueError(
             f"{str(folder)!r} is not a finished loraboost run (no {FINISHED}); train one with loraboost train."
         )
-    saved = json.loads((folder / RUN_FILE).read_text())
-    options, boost = RunOptions(**saved["options"]), BoostConfig.from_dict(saved["boost"])
-    if options.full_finetune:
+    options, arm, boost = saved_run(folder)
+    if boost is None:
         raise ValueError(
-            f"{str(folder)!r} is a full fine-tuning run, which has no booster; its model is the plain "
+            f"{str(folder)!r} is a {arm.label} run, which has no booster; its model is the plain "
             f"transformers folder {str(folder / FULL_MODEL)!r}."
         )
     model, tokenizer, task, splits = prepare(options, boost)

@@ -13,7 +13,10 @@ from typing import Any
 import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .arms import Arm, arm_of, get_arm
 from .atomic import atomic_file
+from .config import BoostConfig
+from .options import RunOptions
 
 RUN_FILE = "run.json"  # the resolved options, written when a run starts
 FINISHED = "summary.json"  # written last: a folder without it is not a finished run
@@ -76,11 +79,23 @@ def _check_writable(out: Path) -> None:
     os.unlink(probe)
 
 
-def check_same_settings(folder: Path, options: dict[str, Any], boost: dict[str, Any]) -> None:
-    """``--resume`` continues a run with the settings it started with: name the first one that differs."""
+def check_same_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """``--resume`` continues a run with the settings it started with (``options``, ``arm``, ``boost`` as
+    run.json keeps them): name the first one that differs."""
     saved = json.loads((folder / RUN_FILE).read_text())
-    pairs = [(k, v, saved["options"].get(k)) for k, v in options.items() if k not in RESUMABLE_CHANGES]
-    pairs += [(k, v, saved["boost"].get(k)) for k, v in boost.items()]
+    saved_options = dict(saved["options"])
+    if "arm" not in saved:  # written before arms: the method was the booster's, or full fine-tuning
+        full = saved_options.pop("full_finetune", False)
+        saved["arm"] = {"name": "full" if full else (saved.get("boost") or {}).get("method")}
+    if settings["arm"]["name"] != saved["arm"]["name"]:
+        given, before = settings["arm"]["name"], saved["arm"]["name"]
+        raise ValueError(
+            f"--resume continues the run in {str(folder)!r} with its own settings, but --method {given} differs "
+            f"from its {before}; drop --method, or pass --overwrite without --resume to start again."
+        )
+    pairs = [(k, v, saved_options.get(k)) for k, v in settings["options"].items() if k not in RESUMABLE_CHANGES]
+    pairs += [(k, v, (saved.get("boost") or {}).get(k)) for k, v in (settings["boost"] or {}).items()]
+    pairs += [(k, v, saved["arm"].get(k, v)) for k, v in settings["arm"].items()]
     for name, given, before in pairs:
         if _normal(given) != _normal(before):
             flag = "--" + name.replace("_", "-")
@@ -154,3 +169,18 @@ class MarkCheckpointComplete(transformers.TrainerCallback):
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             with atomic_file(folder / CHECKPOINT_DONE) as staging:
                 staging.write_text(json.dumps({"step": state.global_step}))
+
+
+def saved_run(folder: Path) -> tuple[RunOptions, Arm, BoostConfig | None]:
+    """A run folder's options, arm and BoostConfig (None without a booster), as run.json recorded them; a run
+    written before arms existed names full fine-tuning by ``options.full_finetune`` and its method in ``boost``."""
+    saved = json.loads((folder / RUN_FILE).read_text())
+    options = dict(saved["options"])
+    full = options.pop("full_finetune", False)
+    boost = saved.get("boost")
+    if "arm" in saved:
+        arm = Arm.from_dict(saved["arm"])
+    else:
+        arm = get_arm("full") if full else arm_of(BoostConfig.from_dict(boost))
+        boost = None if full else boost
+    return RunOptions(**options), arm, BoostConfig.from_dict(boost) if boost else None
