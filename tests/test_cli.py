@@ -285,11 +285,19 @@ def test_full_finetune_trains_every_weight_and_saves_a_plain_model(tiny_model, r
     assert "full fine-tuning run" in capsys.readouterr().err
 
 
-def test_numbers_in_exponent_form_are_read_as_numbers():
-    from loraboost.cli import parse_value
+def test_flags_are_read_by_their_fields_type_and_never_change_it():
+    import argparse
 
-    assert parse_value("5e-5") == 5e-5 and parse_value("1.0e-3") == 1e-3 and parse_value("3") == 3
-    assert parse_value("q_proj,v_proj") == ["q_proj", "v_proj"] and parse_value("none") is None
+    from loraboost.flags import typed_parser
+
+    number, whole, text = typed_parser("float | None", "--lr"), typed_parser("int", "--rank"), typed_parser("str", "-")
+    assert number("5e-5") == 5e-5 and number("1.0e-3") == 1e-3 and number("3") == 3 and number("none") is None
+    assert typed_parser("str | list[str] | None", "-")("q_proj,v_proj") == ["q_proj", "v_proj"]
+    assert typed_parser("list[str] | None", "-")(" no, yes") == [" no", " yes"]  # words, not YAML booleans
+    assert text("2024") == "2024" and text("Message: {text} Spam? Answer:") == "Message: {text} Spam? Answer:"
+    assert typed_parser("int | float | None", "-")("0.5") == 0.5 and whole("7") == 7
+    with pytest.raises(argparse.ArgumentTypeError, match="--rank expects a whole number, not 'eight'"):
+        whole("eight")
 
 
 def test_eval_steps_logs_a_validation_curve_without_changing_training(tiny_encoder, reviews_csv, tmp_path):
@@ -405,7 +413,7 @@ def test_a_gguf_model_file_is_converted_once_into_the_cache_and_trains(tmp_path,
     cached = transformers.AutoModelForCausalLM.from_pretrained(converted)
     assert all(torch.equal(p, cached.state_dict()[k]) for k, p in direct.state_dict().items())
     assert (
-        main(train_args(gguf, reviews_csv, tmp_path / "again", "--max-steps", "2", "--label-words", " bad, good")) == 0
+        main(train_args(gguf, reviews_csv, tmp_path / "again", "--max-steps", "1", "--label-words", " bad, good")) == 0
     )
     assert "converting" not in capsys.readouterr().err  # converted once
     assert main(train_args(tmp_path / "missing.gguf", reviews_csv, tmp_path / "none")) == 2

@@ -180,7 +180,7 @@ def aimed_at_run(case: str, run: Path, model: Path, data: Path, tmp: Path):
             "does not exist",
         ),
         "train again without a flag": (train(), "train", "already holds a run"),
-        "export into the run": (["export", str(run), str(run)], "export", "--overwrite"),
+        "export into the run": (["export", str(run), str(run)], "export", "whose files only train writes"),
         "export onto a file": (["export", str(run), str(write(tmp / "file.txt", "x"))], "export", "is a file"),
         "export with rank to merged": (
             ["export", str(run), str(tmp / "m"), "--to", "merged", "--rank", "2"],

@@ -39,7 +39,14 @@ from .plan import RoundPlan, round_generator
 from .selection import proportional, top_k_with_visits
 from .sketch import GradientSketcher, TopSingular, factors_from_gradient
 from .slot import ADAPTER, Slot
-from .targets import ALL_LAYERS, layer_keys_of, refuse_existing_adapters, refuse_partitioned_parameters, resolve_targets
+from .targets import (
+    ALL_LAYERS,
+    check_modules_to_save,
+    layer_keys_of,
+    refuse_existing_adapters,
+    refuse_partitioned_parameters,
+    resolve_targets,
+)
 
 
 class Booster:
@@ -73,6 +80,7 @@ class Booster:
         refuse_partitioned_parameters(model)
         cfg = self.config
         targets = resolve_targets(model, cfg.target_modules, cfg.layers_pattern)
+        check_modules_to_save(model, targets, cfg.modules_to_save)
         if cfg.layers_per_round is None:
             layer_of = dict.fromkeys(targets, ALL_LAYERS)
         else:

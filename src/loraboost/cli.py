@@ -4,21 +4,20 @@ BoostConfig dataclasses (read by flags.py); any of them can also be set in a YAM
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from .config import BoostConfig
 from .flags import (
+    OneLineParser,
     add_dataclass_options,
     add_method_options,
     arms_for_compare,
-    parse_value,
     resolve,
     resolve_values,
     run_overrides,
+    seed_list,
 )
 from .options import RunOptions
 from .terminal import quiet_third_parties
@@ -26,30 +25,8 @@ from .terminal import quiet_third_parties
 USAGE_ERROR = 2
 
 
-def _other_data(finished, changes: dict[str, Any], labelled: bool = True):
-    """A Task like the run's, reading ``changes["data"]`` through the run's columns and template unless changed,
-    and that data set, checked: its columns exist and (``labelled``) its classes are the run's."""
-    from .data import load_data, require_columns
-    from .task import Task
-
-    options = dataclasses.replace(finished.options, **changes)
-    data = load_data(options.data)
-    if options.task == "classify":
-        columns = {"text_column": options.text_column, **({"label_column": options.label_column} if labelled else {})}
-    else:
-        columns = {
-            "prompt_column": options.prompt_column,
-            **({"response_column": options.response_column} if labelled else {}),
-        }
-    require_columns(data, columns)
-    task = Task(options, finished.tokenizer, finished.task.classes, finished.task.head)
-    if labelled and options.task == "classify":
-        task.check_labels(data)
-    return task, data
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="loraboost",
         allow_abbrev=False,
         description="Fine-tune by boosting low-rank adapters (XGBLoRA, COLA, RAC-LoRA, ReLoRA, LoRA).",
@@ -83,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML file of options (the flags below override it)")
     p.add_argument(
         "--methods",
-        type=parse_value,
-        default="lora,cola,xgblora",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=["lora", "cola", "xgblora"],
         help="comma-separated methods: booster presets and variants, full, full-blocks, galore, apollo, apollo-mini "
         "(see loraboost train --help)",
     )
-    p.add_argument("--seeds", type=parse_value, default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--no-base", action="store_true", help="skip the untuned model's row")
     # Refused with a sentence that says what to write instead (it names one method; compare trains several).
     p.add_argument("--full-finetune", action="store_true", default=None, help=argparse.SUPPRESS)
@@ -146,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by loraboost train")
     p.add_argument("--data", required=True, help="a .csv/.tsv/.jsonl/.json/.parquet file (or an embedded data set)")
     p.add_argument("--output", required=True, help="the CSV file to write")
-    p.add_argument("--text-column", type=parse_value, help="the column to classify (default: the run's)")
-    p.add_argument("--prompt-column", type=parse_value, help="the column with the prompts (sft; default: the run's)")
-    p.add_argument("--template", type=parse_value, help="the prompt template (default: the run's)")
+    p.add_argument("--text-column", help="the column to classify (default: the run's)")
+    p.add_argument("--prompt-column", help="the column with the prompts (sft; default: the run's)")
+    p.add_argument("--template", help="the prompt template (default: the run's)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per response (sft; default: 64)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
@@ -185,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The libraries load here, after the terminal is set up.
     from .atomic import atomic_file
+    from .errors import first_line
     from .export import check_adapter_file
     from .run import load_run, prepare, train
-    from .run_folder import STATE
-    from .task import majority_warning
+    from .run_folder import STATE, check_not_run_files
+    from .task import majority_warning, other_data
 
     try:
         if args.command == "train":
@@ -200,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             from .compare import compare
 
-            methods = args.methods if isinstance(args.methods, list) else [args.methods]
-            seeds = args.seeds if isinstance(args.seeds, list) else [args.seeds]
             options, values = resolve_values(args)
-            arms = arms_for_compare(methods, values)  # validates every method before any run starts
-            compare(options, arms, [int(s) for s in seeds], options.output, include_base=not args.no_base)
+            arms = arms_for_compare(args.methods, values)  # validates every method before any run starts
+            compare(options, arms, args.seeds, options.output, include_base=not args.no_base)
         elif args.command == "eval":
+            if args.metrics_file is not None and not args.metrics_file.strip():
+                raise ValueError("--metrics-file is empty; name the .json file to write, or leave it out.")
             if args.run:
                 run = Path(args.run)
                 # Scored from the booster state; the adapter beside it is what users take away, so it is checked too.
@@ -222,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, task, splits, name = finished.booster.model, finished.task, finished.splits, "eval"
                 changes = run_overrides(args)
                 if changes:  # another data set, through the run's own columns and template unless given
-                    task, data = _other_data(finished, changes)
+                    task, data = other_data(finished, changes)
                     splits, name = {"train": finished.splits["train"], "data": task.prepare(data)}, "eval-data"
                 if args.split:
                     if args.split not in splits:
@@ -242,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                 model, _, task, splits = prepare(options)
                 metrics = task.score(model, splits)
                 target = Path(args.metrics_file or "eval.json")
-            target.write_text(json.dumps(metrics, indent=1))
+            if target.is_dir():
+                raise ValueError(f"--metrics-file {str(target)!r} is a folder; name a .json file to write.")
+            check_not_run_files(target, "--metrics-file", allowed=("eval*.json",))
+            with atomic_file(target) as staging:
+                staging.write_text(json.dumps(metrics, indent=1))
             print(json.dumps(metrics, indent=1))
             warning = majority_warning(metrics)
             if warning:
@@ -250,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved: {target}")
         elif args.command == "predict":
             output = Path(args.output)
+            if output.is_dir():
+                raise ValueError(f"--output {args.output!r} is a folder; name the CSV file to write.")
+            check_not_run_files(output, "--output")
             if output.exists() and not args.overwrite:
                 raise ValueError(f"--output {args.output!r} exists; choose another file or pass --overwrite.")
             finished = load_run(args.run)
             columns = {k: getattr(args, k) for k in ("text_column", "prompt_column", "template") if getattr(args, k)}
-            task, data = _other_data(finished, {**columns, "data": args.data}, labelled=False)
+            task, data = other_data(finished, {**columns, "data": args.data}, labelled=False)
             model = finished.booster.model
             if task.options.task == "classify":
                 predicted = task.predict(model, list(data[task.options.text_column]))
@@ -270,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.rank is not None and args.to == "merged":
                 raise ValueError("--rank applies to --to adapter only; a merged model is always exact.")
             target = Path(args.output)
+            # Into a run only to rebuild its own adapter (what eval suggests when RUN/adapter is damaged).
+            own_adapter = target.resolve() == (Path(args.run) / "adapter").resolve() and args.to == "adapter"
+            check_not_run_files(target, "export folder", allowed=("adapter",) if own_adapter else ())
             if target.is_dir() and any(target.iterdir()) and not args.overwrite:
                 raise ValueError(
                     f"export folder {args.output!r} is not empty; choose an empty folder or pass --overwrite."
@@ -285,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.output}")
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"loraboost {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as error:  # a full disk, a read-only folder, a path under a file: one sentence, no traceback
+        where = f" at {str(error.filename)!r}" if error.filename else ""
+        print(
+            f"loraboost {args.command}: error: the system refused a file operation{where} "
+            f"({error.strerror or first_line(error)}); free some space or choose a path you can write to.",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
     except KeyboardInterrupt as stop:
         print(f"loraboost {args.command}: interrupted: {stop or 'stopped'}", file=sys.stderr)

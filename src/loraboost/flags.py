@@ -1,5 +1,6 @@
 """How the command line reads options: each dataclass field becomes a flag (its help from the field's docstring
-entry), values are read as YAML would read them, and a YAML config file comes first with the flags over it."""
+entry), a flag's value is read by the field's declared type, and a YAML config file comes first with the flags
+over it."""
 
 from __future__ import annotations
 
@@ -38,19 +39,34 @@ def field_help(cls) -> dict[str, str]:
     return {key: text.rstrip(".") for key, text in first.items()}
 
 
-def parse_value(text: str) -> Any:
-    """A CLI value as YAML would read it (numbers, true/false, none), with commas making a list."""
-    if "," in text:
-        return [parse_value(part) for part in text.split(",") if part]
-    if text.lower() in ("none", "null"):
-        return None
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 5e-5 (no dot) as a string
-            return float(text)
-        except ValueError:
-            return text
-    return value if isinstance(value, (int, float, bool)) else text
+def typed_parser(annotation: str, flag: str):
+    """How a flag's text becomes the value of a field declared ``annotation`` (e.g. ``int | None``): a whole
+    number, a number, text kept exactly as typed, or a comma-separated list of text; ``none`` for an optional
+    field. A flag's value never changes type by how it looks (``2024`` stays text for a text field)."""
+    kinds = {part.strip() for part in annotation.split("|")}
+    optional = "None" in kinds
+    kinds.discard("None")
+
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() in ("none", "null"):
+            return None
+        if kinds <= {"int", "float"}:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+            if "float" in kinds:
+                try:
+                    return float(text)
+                except ValueError:
+                    pass
+            kind = "a whole number" if kinds == {"int"} else "a number"
+            raise argparse.ArgumentTypeError(f"{flag} expects {kind}, not {text!r}")
+        if kinds == {"list[str]"} or (kinds == {"str", "list[str]"} and "," in text):
+            return [part for part in text.split(",") if part]
+        return text
+
+    return parse
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
@@ -68,7 +84,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip
             shown = "" if default is None or repr(default).startswith("<") else f" (default: {default})"
             group.add_argument(
                 flag,
-                type=parse_value,
+                type=typed_parser(str(f.type), flag),
                 default=None,
                 metavar="VALUE",
                 help=helps[f.name] + shown,
@@ -180,3 +196,22 @@ def read_config(name: str) -> dict[str, Any]:
             "write one 'option: value' per line."
         )
     return content
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one sentence (the usage block of a command with 60 options buries it)."""
+
+    def error(self, message: str):
+        message = message.rstrip(".")
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help.\n")
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: comma-separated whole numbers >= 0."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated whole numbers, not {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds expects distinct whole numbers >= 0, not {text!r}")
+    return seeds

@@ -3,11 +3,13 @@ the run folder), each field a CLI flag and a YAML key, checked when it is built.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 TASKS = ("classify", "sft")
 
 DEFAULT_SPLITS = {"train": 1000, "test": 500}  # COLA's protocol, where the data has room for it
+DEFAULT_MAX_LENGTH = 128
 TEST_SHARE = 0.2  # of a data set too small for DEFAULT_SPLITS, held out for test
 
 
@@ -30,7 +32,8 @@ class RunOptions:
         train_size: training examples, sampled with the seed (default 1000, or what a small data set leaves).
         validation_size: validation examples (default 0: none).
         test_size: test examples (default 500, or a fifth of a data set too small for 1000 + 500).
-        max_length: tokens per example; longer ones are truncated (and counted).
+        max_length: tokens per example; longer ones are truncated (and counted). Default 128, or the model's
+            context where it is shorter.
         max_steps: optimizer steps; -1 to train for --epochs instead.
         epochs: passes over the training split (when max_steps is -1).
         batch_size: examples per device per step.
@@ -61,7 +64,7 @@ class RunOptions:
     train_size: int | None = None  # None: DEFAULT_SPLITS, or what fits the data (fit_splits)
     validation_size: int = 0
     test_size: int | None = None
-    max_length: int = 128
+    max_length: int | None = None  # None: DEFAULT_MAX_LENGTH, or the model's context where shorter
     max_steps: int = -1
     epochs: float = 1.0
     batch_size: int = 16
@@ -82,8 +85,8 @@ class RunOptions:
             raise ValueError(f"task={self.task!r} is not valid; use one of {', '.join(TASKS)}.")
         for name in ("train_size", "test_size", "batch_size", "gradient_accumulation", "save_steps", "max_length"):
             value = getattr(self, name)
-            if value is None and name in ("train_size", "test_size"):
-                continue  # fitted to the data
+            if value is None and name in ("train_size", "test_size", "max_length"):
+                continue  # fitted to the data, or to the model
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is not valid; use an integer >= 1.")
         if isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int) or self.eval_steps < 0:
@@ -98,8 +101,44 @@ class RunOptions:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps != -1 and steps < 1:
             raise ValueError(f"max_steps={steps!r} is not valid; use a step count >= 1, or -1 to train for --epochs.")
         lr = self.learning_rate
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ValueError(f"learning_rate={self.learning_rate!r} is not valid; use a positive number.")
+        if lr is not None and not (_is_number(lr) and 0 < lr < math.inf):
+            raise ValueError(f"learning_rate={self.learning_rate!r} is not valid; use a positive finite number.")
+        if not (_is_number(self.epochs) and 0 < self.epochs < math.inf):
+            raise ValueError(f"epochs={self.epochs!r} is not valid; use a positive number of passes (e.g. 1 or 0.5).")
+        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ValueError(
+                f"warmup_ratio={self.warmup_ratio!r} is not valid; use a share of the steps from 0 up to (not "
+                "including) 1, e.g. 0.05."
+            )
+        for name in ("validation_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} is not valid; use a whole number >= 0.")
+        for name in ("model", "data", "text_column", "label_column", "prompt_column", "response_column", "output"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name}={value!r} is not valid; give it as non-empty text.")
+        if self.template is not None and not isinstance(self.template, str):
+            raise ValueError(f"template={self.template!r} is not valid; give it as text.")
+        from transformers.trainer_utils import SchedulerType  # here, not on import: the CLI loads libraries late
+
+        schedules = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise ValueError(f"lr_scheduler={self.lr_scheduler!r} is not valid; use one of {', '.join(schedules)}.")
+        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        from transformers.integrations import get_available_reporting_integrations
+
+        available = get_available_reporting_integrations()
+        for name in self.report_to:
+            if name not in available:
+                shown = ", ".join(available) or "none is installed"
+                raise ValueError(
+                    f"report_to={name!r} is not an installed logger; use one of: {shown} (e.g. tensorboard)."
+                )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def fit_splits(options: RunOptions, rows: int) -> dict[str, int]:

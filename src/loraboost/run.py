@@ -12,7 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 import transformers
 
 from .arms import Arm, arm_of
@@ -30,46 +29,33 @@ from .monitors import (
     Progress,
     StopOnInterrupt,
     ValidationCurve,
-    round_of_step,
 )
-from .options import RunOptions, fit_splits
-from .peers import set_trainable, training_arguments
+from .options import DEFAULT_MAX_LENGTH, RunOptions, fit_splits
+from .peers import set_trainable
+from .peers import training_arguments as peer_arguments
 from .run_folder import (
     FINISHED,
     FULL_MODEL,
     METRICS,
     STATE,
     MarkCheckpointComplete,
+    absolute_paths,
     check_output,
     check_same_settings,
     checkpoint_step,
+    final_step,
     is_run,
     newest_complete_checkpoint,
+    restore_final_checkpoint,
     saved_run,
     staging_folder,
     swap_in,
     trim_metrics,
     write_run_file,
 )
+from .targets import check_rank, resolve_targets
 from .task import Task, majority_warning
-
-
-class TaskTrainer(transformers.Trainer):
-    """The Trainer with the task's own loss (label-word cross-entropy at the answer position, or the model's)."""
-
-    def __init__(self, *args, task: Task, booster: Booster | None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.task, self.booster = task, booster
-
-    def log(self, logs, *args, **kwargs):
-        # The round each step trained in, beside its loss: the reporters (TensorBoard, ...) plot it as a scalar.
-        if "loss" in logs:
-            logs = {**logs, "round": round_of_step(self.booster, self.state.global_step)}
-        super().log(logs, *args, **kwargs)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = self.task.loss(model, dict(inputs), self.booster)
-        return (loss, None) if return_outputs else loss
+from .trainer import TaskTrainer, training_arguments
 
 
 def prepare(options: RunOptions, arm: Arm | BoostConfig | None = None):
@@ -118,6 +104,14 @@ def prepare(options: RunOptions, arm: Arm | BoostConfig | None = None):
     # An encoder's new classification head is drawn from the global RNG: seed it, or a run is not repeatable.
     transformers.set_seed(options.seed)
     model, tokenizer = load_model(options.model, options.task, num_labels=len(classes) if classes else None)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if options.max_length is None:  # run.json keeps what was used
+        options.max_length = min(DEFAULT_MAX_LENGTH, context or DEFAULT_MAX_LENGTH)
+    if context and options.max_length > context:
+        raise ValueError(
+            f"max_length={options.max_length} is longer than this model's context of {context} tokens; "
+            f"use --max-length {context} or less."
+        )
     task = Task(options, tokenizer, classes, head=is_encoder(model_folder(options.model)))
     splits = {name: task.prepare(split) for name, split in raw_splits.items()}
     if task.truncated:
@@ -134,13 +128,16 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
     """Run a fine-tune of ``what`` (an arm of arms.ARMS, or a BoostConfig) into ``options.output``; returns the
     summary (also saved as summary.json).
 
-    Everything is checked before the first file is written (a bad input leaves no folder); ``--resume``
-    continues from the newest complete checkpoint with the run's own settings; ``--overwrite`` trains the new
-    run beside the old one and swaps it in only once it is finished, so a failure never loses the old run.
+    Everything is checked before the first file is written (a bad input leaves no folder, and a failure before
+    the first checkpoint removes what this call wrote); ``--resume`` continues from the newest complete
+    checkpoint with the run's own settings, and finishes a run whose last checkpoint is its last step without
+    training again; ``--overwrite`` trains the new run beside the old one and swaps it in only once it is
+    finished, so a failure never loses the old run.
     """
     arm = arm_of(what)
     arm.check_available()
     arm.check_launch(options.gradient_accumulation)
+    options = dataclasses.replace(options, **absolute_paths(options))  # run.json names them from anywhere
     out = Path(options.output)
     check_output(out, options.overwrite, options.resume)
     model, tokenizer, task, splits = prepare(options, arm)
@@ -156,10 +153,12 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
     if options.resume:
         check_same_settings(work, settings)
     # Without a booster (full fine-tuning, an optimizer peer) the model's own weights train: no rounds.
-    # A Booster checks its targets and layer counts on the model, before any file is written.
+    # A Booster checks its targets, rank and layer counts on the model, before any file is written.
+    if boost is not None:  # a rank past a target's smaller side adds only memory (100000 would take gigabytes)
+        check_rank(model, resolve_targets(model, boost.target_modules, boost.layers_pattern), boost.rank)
     booster = None if boost is None else Booster(model, boost)
     set_trainable(arm, model)
-    optimizer_settings = training_arguments(arm, model)
+    args = training_arguments(options, work, peer_arguments(arm, model))
 
     checkpoint = None
     if options.resume:
@@ -170,27 +169,21 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
             shutil.rmtree(staging)  # left by an overwrite that was killed; --resume --overwrite would continue it
         work.mkdir(parents=True, exist_ok=True)
         write_run_file(work, settings)
+    try:
+        summary = _train_and_finish(options, arm, model, tokenizer, task, splits, booster, args, checkpoint)
+    except BaseException:
+        if not options.resume and newest_complete_checkpoint(work) is None:
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave no folder, as a refused input does
+        raise
+    if work == staging:
+        swap_in(staging, out)
+    return summary
 
-    args = transformers.TrainingArguments(
-        output_dir=str(work),
-        max_steps=options.max_steps,
-        num_train_epochs=options.epochs,
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.gradient_accumulation,
-        learning_rate=options.learning_rate,
-        lr_scheduler_type=options.lr_scheduler,
-        warmup_steps=options.warmup_ratio,
-        weight_decay=0.0,
-        save_strategy="steps",
-        save_steps=options.save_steps,
-        logging_steps=1,
-        seed=options.seed,
-        data_seed=options.seed,
-        report_to=options.report_to,
-        remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        **optimizer_settings,
-    )
+
+def _train_and_finish(options, arm, model, tokenizer, task, splits, booster, args, checkpoint) -> dict[str, Any]:
+    """Train from ``checkpoint`` (or the start) to the end, save the outputs and summary.json; a checkpoint at the
+    run's last step is restored instead of trained from (a kill came during the final outputs)."""
+    work = Path(args.output_dir)
     interrupt, optimizer_peak = StopOnInterrupt(), OptimizerStatePeak()
     callbacks = [MetricsLog(work / METRICS, booster), interrupt, optimizer_peak]
     if booster is not None:
@@ -221,13 +214,19 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.add_callback(Progress(booster, f"{arm.name} seed {options.seed}"))
     start = time.perf_counter()
+    final = final_step(checkpoint) if checkpoint else None
     with PeakMemory() as memory:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if final is None:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        else:
+            restore_final_checkpoint(checkpoint, model, booster)
+    steps = trainer.state.global_step if final is None else final
     if interrupt.interrupted:
+        out = Path(options.output)
         where = f"continue with --resume --output {out}"
-        if work == staging:
+        if work != out:
             where = f"the old run in {out} is untouched; continue the new one with --resume --overwrite --output {out}"
-        raise KeyboardInterrupt(f"stopped at step {trainer.state.global_step}; {where}")
+        raise KeyboardInterrupt(f"stopped at step {steps}; {where}")
     seconds = time.perf_counter() - start
     if booster is None:
         trained = model
@@ -250,7 +249,7 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
     summary = {
         "method": arm.name,
         "seed": options.seed,
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "rounds_merged": rounds,
         "trainable_parameters": trainable,
         "live_trainable_parameters": live,
@@ -264,8 +263,6 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
         summary["peak_gpu_memory_bytes"] = memory.gpu_peak
     with atomic_file(work / FINISHED) as finished:
         finished.write_text(json.dumps(summary, indent=1))
-    if work == staging:
-        swap_in(staging, out)
     return summary
 
 

@@ -15,6 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arms import Arm, arm_of, get_arm
 from .atomic import atomic_file
+from .checkpoint import STATE_FILE
 from .config import BoostConfig
 from .options import RunOptions
 
@@ -23,6 +24,7 @@ FINISHED = "summary.json"  # written last: a folder without it is not a finished
 METRICS = "metrics.jsonl"
 STATE = "booster_state.safetensors"  # the final booster state (Booster.save_state)
 FULL_MODEL = "model"  # where a full fine-tuning run saves its model
+TRAINER_STATE = "trainer_state.json"  # the Trainer's own record in each checkpoint: global_step, max_steps
 CHECKPOINT_DONE = "loraboost_checkpoint.json"  # written last into a checkpoint: without it, it is incomplete
 # Options that may change when a run is resumed: they do not change what it trains (a run folder may move).
 RESUMABLE_CHANGES = frozenset({"output", "resume", "overwrite", "report_to", "save_steps", "eval_steps"})
@@ -30,6 +32,27 @@ RESUMABLE_CHANGES = frozenset({"output", "resume", "overwrite", "report_to", "sa
 
 def is_run(folder: Path) -> bool:
     return (folder / RUN_FILE).exists() or (folder / FINISHED).exists()
+
+
+def run_holding(path: Path) -> Path | None:
+    """The run folder that is ``path`` or holds it somewhere below, if any."""
+    path = path.resolve()
+    return next((folder for folder in (path, *path.parents) if folder.is_dir() and is_run(folder)), None)
+
+
+def check_not_run_files(target: Path, what: str, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse a command's output that is a run folder or lies inside one (only train writes there), except the
+    names in ``allowed`` directly inside the run (eval's eval*.json, export's repair of RUN/adapter)."""
+    run = run_holding(target)
+    if run is None:
+        return
+    inside = target.resolve().relative_to(run)
+    if len(inside.parts) == 1 and any(inside.match(pattern) for pattern in allowed):
+        return
+    raise ValueError(
+        f"{what} {str(target)!r} is {'the' if not inside.parts else 'inside the'} run folder {str(run)!r}, whose "
+        "files only train writes; choose a path outside it."
+    )
 
 
 def is_finished(folder: Path) -> bool:
@@ -41,17 +64,44 @@ def staging_folder(out: Path) -> Path:
     return out.with_name(f".{out.name}.overwrite")
 
 
+def foreign_entries(folder: Path) -> list[str]:
+    """What a folder holds that loraboost did not write into a run (its files, checkpoints, eval outputs and the
+    reporters' logs): a folder with any is not ours to replace."""
+    ours = {RUN_FILE, FINISHED, METRICS, STATE, FULL_MODEL, "adapter", "runs", "ran_as.txt"}
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in ours
+        and checkpoint_step(p) is None
+        and not (p.name.startswith("eval") and p.suffix == ".json")
+        and not p.name.startswith(".")  # atomic writes' staging files
+    )
+
+
 def check_output(out: Path, overwrite: bool, resume: bool) -> None:
     """Refuse, before any model is loaded, an output that is a file, sits where nothing can be written, holds
-    something the flags do not allow to touch, or a ``--resume`` with nothing to resume."""
+    something the flags do not allow to touch (a folder of the user's own files, whatever the flags say), or a
+    ``--resume`` with nothing to resume."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {str(out)!r} is a file, not a folder; choose a folder path for the run.")
+    under = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if under is not None:
+        raise ValueError(f"output {str(out)!r} lies under the file {str(under)!r}; choose a folder path.")
     _check_writable(out)
     holds_files = out.is_dir() and any(out.iterdir())
-    if holds_files and not (overwrite or resume):
-        what = "a run" if is_run(out) else "files"
+    if holds_files and not is_run(out):
         raise ValueError(
-            f"output folder {str(out)!r} already holds {what}; pass --overwrite to replace it or "
+            f"output folder {str(out)!r} holds files that are not a loraboost run, which loraboost never replaces; "
+            "choose a new or empty folder."
+        )
+    if holds_files and foreign_entries(out) and (overwrite or not resume):
+        raise ValueError(
+            f"output folder {str(out)!r} holds a run and also {foreign_entries(out)[0]!r}, which loraboost did not "
+            "write and never deletes; move it out, or choose another --output."
+        )
+    if holds_files and not (overwrite or resume):
+        raise ValueError(
+            f"output folder {str(out)!r} already holds a run; pass --overwrite to replace it or "
             "--resume to continue it."
         )
     if resume:
@@ -149,6 +199,47 @@ def trim_metrics(folder: Path, last_step: int) -> None:
             pass  # a line cut short by a kill
     with atomic_file(path) as staging:
         staging.write_text("".join(line + "\n" for line in kept))
+
+
+def final_step(checkpoint: Path) -> int | None:
+    """The step of a checkpoint written at its run's last step (a kill came during the final outputs), else None."""
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    return state["global_step"] if state["global_step"] >= state["max_steps"] > 0 else None
+
+
+def restore_final_checkpoint(checkpoint: Path, model, booster) -> None:
+    """Load the state a run ended with from its last checkpoint: the booster's, or the model's own weights."""
+    if booster is not None:
+        booster.load_state(checkpoint / STATE_FILE)
+        return
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(checkpoint.glob("model*.safetensors")):
+        weights.update(load_file(file))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {
+        name for name, p in model.named_parameters()
+    }
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} does not hold this model's weights (e.g. {(unexpected or missing)[0]!r}); "
+            "pass --overwrite without --resume to train the run again."
+        )
+
+
+def absolute_paths(options: RunOptions) -> dict[str, str]:
+    """The data and model of a run as absolute paths where they are files or folders here (embedded names stay),
+    so that run.json reads the same from any working directory."""
+    from .data import EMBEDDED
+    from .models import EMBEDDED_MODELS
+
+    changes = {}
+    for name, embedded in (("data", EMBEDDED), ("model", EMBEDDED_MODELS)):
+        value = getattr(options, name)
+        if value not in embedded and Path(value).exists():
+            changes[name] = str(Path(value).resolve())
+    return changes
 
 
 def swap_in(staging: Path, out: Path) -> None:

@@ -72,6 +72,42 @@ def resolve_targets(
     return chosen
 
 
+def check_modules_to_save(model: nn.Module, targets: Sequence[str], names: Sequence[str] | None) -> None:
+    """Each of ``modules_to_save`` names modules of the model (PEFT's matching: the name or its last parts) that
+    hold no target module: a whole block trained and saved beside its own boosters cannot work."""
+    modules = [name for name, _ in model.named_modules() if name]
+    for entry in names or ():
+        matched = [n for n in modules if n == entry or n.endswith("." + entry)]
+        if not matched:
+            raise ValueError(
+                f"modules_to_save entry {entry!r} names no module of this model; name a head such as 'score'."
+            )
+        holding = next((t for t in targets for m in matched if t.startswith(m + ".")), None)
+        if holding:
+            raise ValueError(
+                f"modules_to_save entry {entry!r} holds the target module {holding!r}; name a module outside the "
+                "boosters' targets, such as a classification head."
+            )
+
+
+def check_rank(model: nn.Module, targets: Sequence[str], rank: int) -> None:
+    """Refuse a rank above the smaller side of some target: it adds no expressiveness there, only memory
+    (a rank of 100000 would allocate gigabytes before the first step)."""
+    sizes = {}
+    for name in targets:
+        module = model.get_submodule(name)
+        if hasattr(module, "in_features"):
+            sizes[name] = min(module.in_features, module.out_features)
+        else:  # GPT-2's Conv1D: weight (in, out)
+            sizes[name] = min(module.weight.shape)
+    name = min(sizes, key=sizes.get)
+    if rank > sizes[name]:
+        raise ValueError(
+            f"rank={rank} is larger than {name.rsplit('.', 1)[-1]}'s smaller side ({sizes[name]}), where a "
+            f"booster cannot use it; use a rank of at most {sizes[name]}."
+        )
+
+
 def layer_key(model: nn.Module, name: str, layers_pattern: str | None = None) -> str | None:
     """The block a module sits in, as ``"<container>.<index>"`` (e.g. ``model.layers.3``), or None.
 

@@ -3,6 +3,8 @@ canonical rows, Trainer batches, the training loss and the held-out metrics."""
 
 from __future__ import annotations
 
+import dataclasses
+import string
 import sys
 from collections import Counter
 from typing import Any
@@ -33,6 +35,8 @@ class Task:
         self.label_ids: list[int] | None = None  # label-word classification: each class's token id
         self.truncated = 0  # examples longer than max_length among those prepared so far
         template = options.template or DEFAULT_TEMPLATE[options.task]
+        if not head:
+            check_template(template, "text" if options.task == "classify" else "prompt")
         if head:  # an encoder with a classification head: no prompt, no label words
             self.definition = LabelWordTask("{text}", (), options.max_length)
         elif options.task == "classify":
@@ -191,6 +195,23 @@ class Task:
         return [response.strip() for response in responses]
 
 
+def check_template(template: str, placeholder: str) -> None:
+    """A template holds ``{placeholder}`` and no other field (literal braces are written ``{{`` and ``}}``)."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise ValueError(
+            f"template={template!r} is not a valid template ({error}); write literal braces as {{{{ and }}}}."
+        ) from None
+    if fields != {placeholder}:
+        other = sorted(fields - {placeholder})
+        problem = f"has {{{other[0]}}}, which is not a placeholder here" if other else f"has no {{{placeholder}}}"
+        raise ValueError(
+            f"template={template!r} {problem}; put {{{placeholder}}} where each example's {placeholder} goes, "
+            "and write literal braces as {{ and }}."
+        )
+
+
 def majority_warning(metrics: dict[str, dict[str, float]]) -> str | None:
     """A warning when a classifier's test accuracy does not beat always answering the most common class."""
     test = metrics.get("test", {})
@@ -213,3 +234,24 @@ def head_scores(model: nn.Module, collate, data, batch_size: int = 32, progress=
             yield inputs, inputs.pop("labels")
 
     return classification_scores(model, batches(), lambda m, inputs: m(**inputs).logits, progress)
+
+
+def other_data(finished, changes: dict[str, Any], labelled: bool = True):
+    """A Task like the run's, reading ``changes["data"]`` through the run's columns and template unless changed,
+    and that data set, checked: its columns exist and (``labelled``) its classes are the run's."""
+    from .data import load_data, require_columns
+
+    options = dataclasses.replace(finished.options, **changes)
+    data = load_data(options.data)
+    if options.task == "classify":
+        columns = {"text_column": options.text_column, **({"label_column": options.label_column} if labelled else {})}
+    else:
+        columns = {
+            "prompt_column": options.prompt_column,
+            **({"response_column": options.response_column} if labelled else {}),
+        }
+    require_columns(data, columns)
+    task = Task(options, finished.tokenizer, finished.task.classes, finished.task.head)
+    if labelled and options.task == "classify":
+        task.check_labels(data)
+    return task, data

@@ -7,8 +7,9 @@ import logging
 import os
 import warnings
 
-# Libraries whose warnings and info logs speak to their developers, not to someone training a model.
-NOISY_LOGGERS = ("bitsandbytes", "transformers", "datasets", "peft", "accelerate", "torch.distributed")
+# Libraries whose warnings and info logs speak to their developers, not to someone training a model (kernels: a
+# line about skipping a hub trust check offline, on every command that loads bitsandbytes).
+NOISY_LOGGERS = ("bitsandbytes", "kernels", "transformers", "datasets", "peft", "accelerate", "torch.distributed")
 
 
 def quiet_third_parties() -> None:
