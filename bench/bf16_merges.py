@@ -51,9 +51,10 @@ from loraboost.models import load_model
 from loraboost.options import RunOptions
 from loraboost.run import prepare, train
 from loraboost.run_folder import FINISHED, STATE
+from loraboost.task_kinds import task_kind
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import MODELS, SIZES  # noqa: E402  (the quality benchmark's models, epochs and splits)
+from quality_plan import MODELS, SIZES  # noqa: E402  (the quality benchmark's models, epochs and splits)
 
 VARIANTS = {  # name -> (base held in bf16, merge_residual, merge_residual_dtype)
     "fp32": (False, "auto", "float32"),
@@ -179,7 +180,7 @@ def base_test_loss(options: RunOptions, seed: int, bf16: bool, threads: int) -> 
 def base_weights(model: str, task: str) -> tuple[dict[str, torch.Tensor], int]:
     """The untrained model's weights by module name (what each merge's size is measured against) and the
     model's bytes if stored in bf16 (what the merges' memory is measured against)."""
-    loaded = load_model(model, task, num_labels=2)[0]
+    loaded = load_model(model, task_kind(task).encoder_ok, num_labels=2)[0]
     weights = {name: module.weight.detach() for name, module in loaded.named_modules() if hasattr(module, "weight")}
     return weights, 2 * sum(p.numel() for p in loaded.parameters())
 

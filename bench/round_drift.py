@@ -35,7 +35,7 @@ from loraboost.booster import Booster
 from loraboost.run import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import SIZES, cell_options  # noqa: E402  (the quality benchmark's protocol)
+from quality_plan import SIZES, cell_options  # noqa: E402  (the quality benchmark's protocol)
 
 DECAY = 0.9
 NOISE_DRIFT = math.sqrt((1 - DECAY) / (1 + DECAY))  # steps in random directions, in many dimensions

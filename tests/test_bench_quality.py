@@ -1,20 +1,22 @@
 """The quality benchmark's protocol: the learning rate is picked on validation (never test), and a grid
 whose best rate sits at its edge grows by half-decades before the pick is accepted."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "bench" / "quality.py")
-quality = sys.modules["quality"] = importlib.util.module_from_spec(SPEC)  # dataclasses look their module up
-SPEC.loader.exec_module(quality)
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+import quality  # noqa: E402  (the bench scripts import each other from bench/)
+import quality_estimate as estimate_mod  # noqa: E402
+import quality_plan as catalogue  # noqa: E402
+import quality_report as report  # noqa: E402
+import sweep  # noqa: E402
 
 
 def test_half_decades_follow_the_1_3_10_ladder():
-    assert [quality.half_decade(lr, up=True) for lr in (1e-4, 3e-4, 3e-3)] == [3e-4, 1e-3, 1e-2]
-    assert [quality.half_decade(lr, up=False) for lr in (1e-5, 3e-5, 1e-3)] == [3e-6, 1e-5, 3e-4]
+    assert [catalogue.half_decade(lr, up=True) for lr in (1e-4, 3e-4, 3e-3)] == [3e-4, 1e-3, 1e-2]
+    assert [catalogue.half_decade(lr, up=False) for lr in (1e-5, 3e-5, 1e-3)] == [3e-6, 1e-5, 3e-4]
 
 
 def fake_runs(monkeypatch, validation, test):
@@ -34,7 +36,7 @@ def fake_runs(monkeypatch, validation, test):
             "rounds_merged": 0,
         }
 
-    monkeypatch.setattr(quality, "run_once", run_once)
+    monkeypatch.setattr(sweep, "run_once", run_once)
     return calls
 
 
@@ -42,27 +44,26 @@ def fake_runs(monkeypatch, validation, test):
 def test_grid_grows_towards_a_best_rate_at_its_edge(monkeypatch, tmp_path, peak, picked, edge):
     # Validation accuracy peaks at `peak`; test accuracy prefers another rate, and must not be looked at.
     calls = fake_runs(monkeypatch, validation=lambda lr: -abs(lr - peak), test=lambda lr, seed: lr)
-    result = quality.cell(
-        tmp_path, quality.RunOptions(), "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3)
-    )
+    lora = catalogue.METHODS["lora-qv"]
+    result = sweep.cell(tmp_path, catalogue.RunOptions(), "m", lora, [0, 1, 2], (3e-4, 1e-3, 3e-3))
     assert result["picked_lr"] == picked and result["lr_at_grid_edge"] == edge
     searched = {lr for seed, lr in calls if seed == 0}  # the picked rate is asked for twice on seed 0
-    assert len(searched) <= 3 + quality.MAX_EXTENSIONS
+    assert len(searched) <= 3 + sweep.MAX_EXTENSIONS
     assert [(seed, lr) for seed, lr in calls if seed != 0] == [(1, picked), (2, picked)]
     assert result["test_scores"] == [picked] * 3
 
 
-@pytest.mark.parametrize("ablation", quality.ABLATIONS, ids=[a.name for a in quality.ABLATIONS])
+@pytest.mark.parametrize("ablation", catalogue.ABLATIONS, ids=[a.name for a in catalogue.ABLATIONS])
 def test_every_ablation_is_a_valid_config_that_differs_from_its_method(ablation):
     from loraboost import BoostConfig
 
-    base = BoostConfig(**quality.METHODS[ablation.method].boost)
-    variant = BoostConfig(**{**quality.METHODS[ablation.method].boost, **ablation.overrides})
+    base = BoostConfig(**catalogue.METHODS[ablation.method].boost)
+    variant = BoostConfig(**{**catalogue.METHODS[ablation.method].boost, **ablation.overrides})
     assert (variant != base or ablation.steps_factor != 1.0 or ablation.lr_steps) and variant.method == base.method
 
 
 def test_an_ablation_runs_at_its_methods_rate_moved_along_the_ladder_or_picks_its_own():
-    variant = quality.Ablation("v", "lora-qv", {}, "v")
+    variant = catalogue.Ablation("v", "lora-qv", {}, "v")
     assert variant.learning_rate(1e-2) == 1e-2
     assert variant._replace(lr_steps=-1).learning_rate(1e-2) == 3e-3
     assert variant._replace(lr_steps=2).learning_rate(1e-3) == 1e-2
@@ -73,20 +74,20 @@ def test_run_cells_yields_every_job_once_with_or_without_a_pool():
     import concurrent.futures
 
     jobs = {f"job{i}": (pow, i, 2) for i in range(5)}
-    assert dict(quality.run_cells(None, jobs)) == {f"job{i}": i * i for i in range(5)}
+    assert dict(sweep.run_cells(None, jobs)) == {f"job{i}": i * i for i in range(5)}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        assert dict(quality.run_cells(pool, jobs)) == {f"job{i}": i * i for i in range(5)}
+        assert dict(sweep.run_cells(pool, jobs)) == {f"job{i}": i * i for i in range(5)}
 
 
 def test_timing_note_says_when_train_times_were_taken_differently():
     base = {"name": "base"}
     alone = {"name": "lora-qv", "timed_as": ["one run at a time"]}
     paired = {"name": "xgblora", "timed_as": ["2 runs side by side, 1 torch thread(s) each"]}
-    assert quality.timing_note([base, alone]) == "Train times measured: one run at a time."
-    assert quality.timing_note([alone, paired]).count(";") == 1
-    assert quality.timing_note([base, {"name": "cola"}]) == "Train times measured: not recorded."
+    assert report.timing_note([base, alone]) == "Train times measured: one run at a time."
+    assert report.timing_note([alone, paired]).count(";") == 1
+    assert report.timing_note([base, {"name": "cola"}]) == "Train times measured: not recorded."
     assert (
-        quality.timing_note([alone, {"name": "cola"}])
+        report.timing_note([alone, {"name": "cola"}])
         == "Train times measured: one run at a time; for some runs not recorded."
     )
 
@@ -96,7 +97,7 @@ def test_overview_has_a_row_per_method_a_column_per_cell_and_bolds_each_cells_be
         return {"name": name, "label": name.upper(), "mean": mean, "std": 0.01, "test_scores": [mean] * seeds}
 
     sections = {"a": [row("base", 0.9), row("lora", 0.8), row("xgb", 0.7, seeds=5)], "b": [row("lora", 0.6)]}
-    lines = quality.overview(sections).splitlines()
+    lines = report.overview(sections).splitlines()
     assert lines[0] == "| method | a | b |"
     assert lines[2] == "| BASE | 0.900 +- 0.010 | - |"  # the untrained base is never the best
     assert lines[3] == "| LORA | **0.800 +- 0.010** | **0.600 +- 0.010** |"
@@ -104,9 +105,9 @@ def test_overview_has_a_row_per_method_a_column_per_cell_and_bolds_each_cells_be
 
 
 def test_default_plan_names_only_known_models_tasks_and_methods():
-    for (model, task), plan in quality.DEFAULT_PLAN.items():
-        assert model in quality.MODELS and task in quality.TASKS
-        assert set(plan.methods) <= {"base", *quality.METHODS}
+    for (model, task), plan in catalogue.DEFAULT_PLAN.items():
+        assert model in catalogue.MODELS and task in catalogue.TASKS
+        assert set(plan.methods) <= {"base", *catalogue.METHODS}
 
 
 def finished_run(folder, seconds, ran_as="one run at a time, 2 torch threads"):
@@ -127,9 +128,9 @@ def test_estimate_sums_each_runs_share_of_the_machine_for_the_chosen_seeds(tmp_p
     finished_run(cell / "lr0.003-seed1", 120, ran_as="2 runs side by side, 1 torch thread(s) each")  # 60 of the machine
     finished_run(cell / "lr0.003-seed4", 600)  # a seed not chosen
     (cell / "lr0.01-seed0").mkdir()  # started, never finished
-    assert quality.recorded_seconds(cell / "lr0.003-seed1") == 60
-    assert quality.recorded_seconds(cell / "lr0.01-seed0") is None
-    report = quality.estimate(tmp_path, [("minilm", "trec", "lora-qv"), ("minilm", "trec", "cola")], [0, 1, 2])
+    assert estimate_mod.recorded_seconds(cell / "lr0.003-seed1") == 60
+    assert estimate_mod.recorded_seconds(cell / "lr0.01-seed0") is None
+    report = estimate_mod.estimate(tmp_path, [("minilm", "trec", "lora-qv"), ("minilm", "trec", "cola")], [0, 1, 2])
     assert "minilm-trec/lora-qv: 3 runs, 3 min" in report
     assert "estimate: 0.1 h of machine time for the 1 cells" in report
     assert report.endswith("no finished runs to go by for: minilm-trec/cola")
@@ -141,20 +142,20 @@ def test_a_command_runs_what_it_names_else_the_default_plan():
     def args(**given):
         return argparse.Namespace(**{"part": "all", "methods": None, "ablations": None, "quick": False, **given})
 
-    assert quality.chosen_methods(args(), "minilm", "trec") == list(quality.DEFAULT_PLAN["minilm", "trec"].methods)
-    assert ("smollm2", "movie-reviews") not in quality.DEFAULT_PLAN
+    assert quality.chosen_methods(args(), "minilm", "trec") == list(catalogue.DEFAULT_PLAN["minilm", "trec"].methods)
+    assert ("smollm2", "movie-reviews") not in catalogue.DEFAULT_PLAN
     assert quality.chosen_methods(args(), "smollm2", "movie-reviews") == []
     assert quality.chosen_methods(args(methods="cola"), "smollm2", "movie-reviews") == ["cola"]
-    assert quality.chosen_methods(args(methods="all"), "smollm2", "movie-reviews") == ["base", *quality.METHODS]
-    assert quality.chosen_methods(args(methods="gradient"), "minilm", "trec") == list(quality.GRADIENT_ROWS)
-    assert not set(quality.GRADIENT_VARIANTS) & set(quality.DEFAULT_PLAN["minilm", "trec"].methods)
-    assert quality.chosen_ablations(args(ablations="all"), "smollm2", "movie-reviews") == quality.ABLATIONS
+    assert quality.chosen_methods(args(methods="all"), "smollm2", "movie-reviews") == ["base", *catalogue.METHODS]
+    assert quality.chosen_methods(args(methods="gradient"), "minilm", "trec") == list(catalogue.GRADIENT_ROWS)
+    assert not set(catalogue.GRADIENT_VARIANTS) & set(catalogue.DEFAULT_PLAN["minilm", "trec"].methods)
+    assert quality.chosen_ablations(args(ablations="all"), "smollm2", "movie-reviews") == catalogue.ABLATIONS
     assert quality.chosen_methods(args(methods="cola", part="ablations"), "minilm", "trec") == []
     assert [a.name for a in quality.chosen_ablations(args(ablations="cola-2"), "smollm2", "movie-reviews")] == [
         "cola-2"
     ]
     assert quality.chosen_ablations(args(ablations="cola-2", part="grid"), "minilm", "trec") == []
-    assert quality.chosen_ablations(args(), "minilm", "trec") == quality.ABLATIONS
+    assert quality.chosen_ablations(args(), "minilm", "trec") == catalogue.ABLATIONS
     assert quality.chosen_ablations(args(), "smollm2", "trec") == []
     assert quality.chosen_ablations(args(quick=True), "minilm", "trec") == []
 
@@ -169,9 +170,9 @@ def test_a_model_runs_every_tasks_grid_before_any_ablation_and_ablations_at_the_
     monkeypatch.setattr(quality, "cell", cell)
     monkeypatch.setattr(quality, "write", lambda results, out: None)
     results = {"grid": {}, "ablations": {}}
-    kappa10, lower = quality.ABLATIONS[0], next(a for a in quality.ABLATIONS if a.name == "lora-lr-down")
+    kappa10, lower = catalogue.ABLATIONS[0], next(a for a in catalogue.ABLATIONS if a.name == "lora-lr-down")
     chosen = {"movie-reviews": (["cola"], [kappa10]), "trec": (["lora-qv"], [lower])}
-    quality.run_model(results, tmp_path, None, "minilm", chosen, quality.QUICK_SIZES, [0], quick=False)
+    quality.run_model(results, tmp_path, None, "minilm", chosen, catalogue.QUICK_SIZES, [0], quick=False)
     # First the grid of both tasks, with the method that an ablation needs, each picking its own rate...
     grid, ablations = calls[:3], calls[3:]
     assert sorted(grid) == [
@@ -211,15 +212,15 @@ def test_gap_closed_is_each_methods_share_of_the_gap_from_lora_to_full_and_says_
         summary_row("xgblora", [0.9, 0.9, 0.9]),
     ]
     behind = [summary_row("full", [0.7, 0.7, 0.71]), summary_row("lora-qv", [0.8, 0.8, 0.81])]
-    text = quality.gap_closed({"clear": clear, "noisy": noisy, "behind": behind})
+    text = report.gap_closed({"clear": clear, "noisy": noisy, "behind": behind})
     assert (
         "clear: full 0.900 +- 0.010, LoRA r8 q/v 0.800 +- 0.010, gap 0.100 (12.5% of base -> full); a clear gap" in text
     )
     assert "noisy: " in text and "**not a clear gap**" in text and "behind:" not in text  # full does not lead there
     assert "| method | clear | noisy |" in text
     assert "| XGBLORA | +0.50 | +1.00 |" in text and "| COLA | -0.50 | - |" in text
-    assert quality.gap_closed({"behind": behind}).startswith("Full fine-tuning leads LoRA r8 q/v in no cell")
-    assert quality.gap_closed({"clear": clear[:3]}).endswith("No other method has run in these cells yet.")
+    assert report.gap_closed({"behind": behind}).startswith("Full fine-tuning leads LoRA r8 q/v in no cell")
+    assert report.gap_closed({"clear": clear[:3]}).endswith("No other method has run in these cells yet.")
 
 
 def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path):
@@ -234,7 +235,7 @@ def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path
         rows.append({"step": 4, "round": 1, "validation_accuracy": accuracies[1]})
         (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         folders.append(folder)
-    assert quality.validation_curve(folders) == {
+    assert sweep.validation_curve(folders) == {
         "metric": "accuracy",
         "steps": [2, 4],
         "by_seed": [[0.5, 0.7], [0.4, 0.8]],
@@ -245,30 +246,30 @@ def test_validation_curve_reads_every_seeds_scored_steps_and_the_merges(tmp_path
 def test_the_capacity_cell_has_its_own_sizes_and_budget_and_runs_only_where_it_can():
     import argparse
 
-    options = quality.cell_options("minilm", "word-valence", quality.SIZES, quick=False)
+    options = catalogue.cell_options("minilm", "word-valence", catalogue.SIZES, quick=False)
     steps = options.train_size // options.batch_size * options.epochs
     assert steps >= 600 and options.validation_size and options.test_size == 2000  # XGBLoRA merges 12+ times
-    assert quality.cell_options("minilm", "trec", quality.SIZES, quick=False).train_size == 1000  # the protocol's
-    assert quality.cell_options("minilm", "trec-fine", quality.QUICK_SIZES, quick=True).epochs == 1.0
+    assert catalogue.cell_options("minilm", "trec", catalogue.SIZES, quick=False).train_size == 1000  # the protocol's
+    assert catalogue.cell_options("minilm", "trec-fine", catalogue.QUICK_SIZES, quick=True).epochs == 1.0
     args = argparse.Namespace(part="all", methods="capacity", ablations=None, quick=False)
-    assert quality.chosen_methods(args, "minilm", "word-valence") == list(quality.CAPACITY_GRID)
-    assert set(quality.CAPACITY_GRID) - {"base"} <= set(quality.METHODS)
+    assert quality.chosen_methods(args, "minilm", "word-valence") == list(catalogue.CAPACITY_GRID)
+    assert set(catalogue.CAPACITY_GRID) - {"base"} <= set(catalogue.METHODS)
     assert quality.chosen_methods(args, "smollm2", "trec-fine") == []  # no label words for a causal LM
 
 
 def test_a_loss_cell_picks_and_ranks_the_lowest_and_says_lower_is_better(monkeypatch, tmp_path):
     # Validation loss is lowest at 1e-3; the pick must follow the loss down, not up.
     fake_runs(monkeypatch, validation=lambda lr: abs(lr - 1e-3), test=lambda lr, seed: 2.0 + seed / 100)
-    original = quality.run_once
+    original = sweep.run_once
 
     def as_loss(folder, options, method, overrides, seed, lr):
         summary = original(folder, options, method, overrides, seed, lr)
         summary["metrics"] = {split: {"loss": values["accuracy"]} for split, values in summary["metrics"].items()}
         return summary
 
-    monkeypatch.setattr(quality, "run_once", as_loss)
-    options = quality.RunOptions(data="movie-dialog", task="sft")
-    result = quality.cell(tmp_path, options, "m", quality.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
+    monkeypatch.setattr(sweep, "run_once", as_loss)
+    options = catalogue.RunOptions(data="movie-dialog", task="sft")
+    result = sweep.cell(tmp_path, options, "m", catalogue.METHODS["lora-qv"], [0, 1, 2], (3e-4, 1e-3, 3e-3))
     assert result["picked_lr"] == 1e-3 and result["metric"] == "loss"
     rows = [
         {**summary_row("base", [3.0, 3.1, 3.2]), "metric": "loss"},
@@ -276,9 +277,9 @@ def test_a_loss_cell_picks_and_ranks_the_lowest_and_says_lower_is_better(monkeyp
         {**summary_row("lora-qv", [2.2, 2.21, 2.19]), "metric": "loss"},
         {**summary_row("xgblora", [2.1, 2.11, 2.09]), "metric": "loss"},
     ]
-    assert "| FULL | 3.100" not in quality.overview({"dialog": rows})
-    assert "| method | dialog: loss (lower is better) |" in quality.overview({"dialog": rows})
-    assert "| FULL | **2.000 +- 0.010** |" in quality.overview({"dialog": rows})  # the lowest loss is the best
-    text = quality.gap_closed({"dialog": rows})
+    assert "| FULL | 3.100" not in report.overview({"dialog": rows})
+    assert "| method | dialog: loss (lower is better) |" in report.overview({"dialog": rows})
+    assert "| FULL | **2.000 +- 0.010** |" in report.overview({"dialog": rows})  # the lowest loss is the best
+    text = report.gap_closed({"dialog": rows})
     assert "gap 0.200" in text and "a clear gap" in text and "| XGBLORA | +0.50 |" in text
-    assert "test loss (lower is better)" in quality.table([result])
+    assert "test loss (lower is better)" in report.table([result])

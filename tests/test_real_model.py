@@ -71,3 +71,19 @@ def test_an_encoders_new_head_is_drawn_from_the_runs_seed():
 
     assert torch.equal(head(seed=3, rng_before=0), head(seed=3, rng_before=1))
     assert not torch.equal(head(seed=3, rng_before=0), head(seed=4, rng_before=0))
+
+
+def test_continued_pretraining_of_the_default_on_a_glob_and_a_one_step_run(model_dir, tmp_path):
+    from loraboost.cli import main
+
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    for i in range(8):
+        (tmp_path / "src" / "pkg" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 4)
+    common = ["--model", "default", "--batch-size", "2", "--block-size", "32", "--train-size", "6", "--test-size", "2"]
+    glob = str(tmp_path / "src" / "**" / "*.py")
+    run = tmp_path / "lm"
+    assert main(["train", "--task", "lm", "--data", glob, *common, "--max-steps", "5", "--output", str(run)]) == 0
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    # The smoke run users try first: one step on the embedded model and data.
+    args = ["train", "--model", "default", "--max-steps", "1", "--train-size", "8", "--test-size", "8"]
+    assert main([*args, "--batch-size", "4", "--output", str(tmp_path / "one")]) == 0

@@ -162,6 +162,15 @@ ARMS: dict[str, Arm] = {
         _galore("galore-layerwise", "GaLore, layer-wise updates", optim="galore_adamw_layerwise"),
         _apollo("apollo", "APOLLO (rank 256, channel-wise)"),
         _apollo("apollo-mini", "APOLLO-Mini (rank 1, tensor-wise)", **_MINI),
+        # The capacity cell's peers (a Llama of width 128): rank 8, and width / 4 as GaLore's and APOLLO's papers
+        # set it; '-blocks': only the blocks' linear weights train, exactly what the adapters can touch.
+        _galore("galore-r8", "GaLore r8 (update gap 200)", rank=8),
+        _galore("galore-r32", "GaLore r32 (width / 4 of the capacity cell)", rank=32),
+        _galore("galore-r8-blocks", "GaLore r8, blocks' linear weights only", blocks_only=True, rank=8),
+        _galore("galore-r32-blocks", "GaLore r32, blocks' linear weights only", blocks_only=True, rank=32),
+        _apollo("apollo-r32", "APOLLO r32 (width / 4 of the capacity cell)", rank=32),
+        _apollo("apollo-r32-blocks", "APOLLO r32, blocks' linear weights only", blocks_only=True, rank=32),
+        _apollo("apollo-mini-blocks", "APOLLO-Mini, blocks' linear weights only", blocks_only=True, **_MINI),
         # Benchmark rows (their names are stable: other tooling reads them in quality.json).
         _booster("lora-qv", "LoRA r8 q/v", 3e-3, method="lora"),
         _booster("lora-all", "LoRA r8 all-linear", 3e-3, method="lora", target_modules="all-linear"),
@@ -174,6 +183,15 @@ ARMS: dict[str, Arm] = {
             XGB_GRID,
             method="lora",
             rank=1,
+            target_modules="all-linear",
+        ),  # fmt: skip
+        # On the capacity cell, 600 steps of kappa 50 are 12 rank-1 rounds on 2 of 6 blocks: rank 4 per block.
+        _booster(
+            "lora-r4-all",
+            "LoRA r4 all-linear (the total rank XGBLoRA reaches on the capacity cell)",
+            3e-3,
+            method="lora",
+            rank=4,
             target_modules="all-linear",
         ),  # fmt: skip
         # 15 rank-1 XGBLoRA rounds on a third of the blocks add up to about rank 5 on every linear layer.

@@ -118,12 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="apply a finished run to new texts",
         description="Apply a finished run to every row of a data file: the predicted class and its probability "
-        "(classify) or the generated response (sft), written as CSV beside the input columns.",
+        "(classify), the generated response (sft) or continuation (lm), written as CSV beside the input columns.",
     )
     p.add_argument("run", help="a run folder written by loraboost train")
     p.add_argument("--data", required=True, help="a .csv/.tsv/.jsonl/.json/.parquet file (or an embedded data set)")
     p.add_argument("--output", required=True, help="the CSV file to write")
-    p.add_argument("--text-column", help="the column to classify (default: the run's)")
+    p.add_argument("--text-column", help="the column to classify, or to continue (lm; default: the run's)")
+    p.add_argument("--messages-column", help="the column of conversations to answer (sft; default: the run's)")
     p.add_argument("--prompt-column", help="the column with the prompts (sft; default: the run's)")
     p.add_argument("--template", help="the prompt template (default: the run's)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per response (sft; default: 64)")
@@ -238,16 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             if output.exists() and not args.overwrite:
                 raise ValueError(f"--output {args.output!r} exists; choose another file or pass --overwrite.")
             finished = load_run(args.run)
-            columns = {k: getattr(args, k) for k in ("text_column", "prompt_column", "template") if getattr(args, k)}
+            given = ("text_column", "prompt_column", "messages_column", "template")
+            columns = {k: getattr(args, k) for k in given if getattr(args, k)}
             task, data = other_data(finished, {**columns, "data": args.data}, labelled=False)
-            model = finished.booster.model
-            if task.options.task == "classify":
-                predicted = task.predict(model, list(data[task.options.text_column]))
-                data = data.add_column("predicted", [label for label, _ in predicted])
-                data = data.add_column("probability", [round(p, 6) for _, p in predicted])
-            else:
-                prompts = [str(p) for p in data[task.options.prompt_column]]
-                data = data.add_column("generated", task.generate(model, prompts, args.max_new_tokens))
+            for column, values in task.predict(finished.booster.model, data, args.max_new_tokens).items():
+                data = data.add_column(column, values)
             with atomic_file(output) as staging:
                 data.to_csv(str(staging), index=False)
             print(f"wrote {len(data)} predictions to {output}")

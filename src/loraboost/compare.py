@@ -15,8 +15,7 @@ from .config import BoostConfig
 from .options import RunOptions
 from .run import prepare, train
 from .run_folder import FINISHED
-
-LOWER_IS_BETTER = {"perplexity", "loss"}
+from .task_kinds import task_kind
 
 
 def compare(
@@ -33,7 +32,8 @@ def compare(
     arms = {name: dataclasses.replace(arm_of(what), name=name) for name, what in named}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    metric = "accuracy" if options.task == "classify" else "perplexity"
+    kind = task_kind(options.task)
+    metric = kind.metric
     rows = []
     if include_base:
         scores = []
@@ -53,10 +53,11 @@ def compare(
             seeded = dataclasses.replace(options, seed=seed, output=str(folder), overwrite=True, resume=False)
             summaries.append(train(seeded, _seeded(arm, seed)))
         rows.append(_row(name, arm.label, metric, [s["metrics"]["test"][metric] for s in summaries], summaries))
-    (out / "compare.json").write_text(json.dumps({"metric": metric, "seeds": seeds, "rows": rows}, indent=1))
-    table = format_table(rows, metric)
+    report = {"metric": metric, "higher_is_better": kind.higher_is_better, "seeds": seeds, "rows": rows}
+    (out / "compare.json").write_text(json.dumps(report, indent=1))
+    table = format_table(rows, metric, kind.higher_is_better)
     (out / "compare.md").write_text(table + "\n")
-    plot(rows, metric, out, seeds)
+    plot(rows, metric, kind.higher_is_better, out, seeds)
     print(table)
     print(f"\nfigure: {out / 'compare.png'}  table: {out / 'compare.md'}")
     return rows
@@ -88,10 +89,11 @@ def _row(name: str, label: str, metric: str, scores: list[float], summaries: lis
     }
 
 
-def format_table(rows: list[dict], metric: str) -> str:
+def format_table(rows: list[dict], metric: str, higher_is_better: bool = True) -> str:
+    better = "higher" if higher_is_better else "lower"
     lines = [
-        f"| method | what it is | test {metric} (mean +- std) | trainable params per step | optimizer state | "
-        "peak memory | train time | rounds merged |",
+        f"| method | what it is | test {metric} (mean +- std; {better} is better) | trainable params per step | "
+        "optimizer state | peak memory | train time | rounds merged |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -103,7 +105,7 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], metric: str, out: Path, seeds: list[int]) -> None:
+def plot(rows: list[dict], metric: str, higher_is_better: bool, out: Path, seeds: list[int]) -> None:
     """compare.png: the metric per method with error bars, and training-loss curves with round ends marked."""
     import matplotlib
 
@@ -124,7 +126,7 @@ def plot(rows: list[dict], metric: str, out: Path, seeds: list[int]) -> None:
         bars.scatter([i] * len(r["scores"]), r["scores"], color="black", s=12, zorder=3)
     low = min(min(r["scores"]) for r in rows)
     bars.set_ylim(max(0.0, low - 0.1) if metric == "accuracy" else 0, None)
-    bars.set_ylabel(f"test {metric}" + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    bars.set_ylabel(f"test {metric}" + (" (higher is better)" if higher_is_better else " (lower is better)"))
     bars.set_title(f"{metric} over {len(seeds)} seed(s); dots are single runs")
     bars.tick_params(axis="x", rotation=15)
     for i, r in enumerate(rows):

@@ -200,15 +200,41 @@ def movie_dialog() -> Dataset:
     return Dataset.from_dict({"prompt": [p for p, _ in pairs], "response": [r for _, r in pairs]})
 
 
+def movie_dialog_text() -> Dataset:
+    """The movie-dialog pairs as raw text for the lm task, one document per exchange (line, newline, reply):
+    the forgetting side of continued pre-training on code."""
+    pairs = movie_dialog()
+    return Dataset.from_dict({"text": [f"{p}\n{r}" for p, r in zip(pairs["prompt"], pairs["response"])]})
+
+
+def python_code() -> Dataset:
+    """The Python sources of the installed torch package (the Makefile pins torch 2.13.0; BSD-3-Clause), one
+    document per file (``text``, and ``path`` relative to the package), sorted by path: 2,285 files, 46 MB."""
+    import importlib.util
+
+    root = Path(next(iter(importlib.util.find_spec("torch").submodule_search_locations)))
+    files = sorted(root.rglob("*.py"))
+    texts = [f.read_text(encoding="utf-8") for f in files]
+    kept = [(str(f.relative_to(root.parent)), t) for f, t in zip(files, texts) if t.strip()]
+    return Dataset.from_dict({"text": [t for _, t in kept], "path": [p for p, _ in kept]})
+
+
 @dataclass(frozen=True)
 class EmbeddedTask:
     """An embedded data set and how a causal LM is prompted for it: for classification, one label word per
-    sorted class; for SFT (``task="sft"``), the template around each prompt."""
+    sorted class; for SFT (``task="sft"``), the template around each prompt; ``text``: the same data as raw
+    text documents, for the lm task."""
 
     load: Callable[[], Dataset]
     template: str
     label_words: tuple[str, ...] | None  # None: too many classes for one-token words; an encoder's head classifies
     task: str = "classify"
+    text: Callable[[], Dataset] | None = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this set serves: its own, and lm where it has a text form."""
+        return (self.task, "lm") if self.text is not None and self.task != "lm" else (self.task,)
 
 
 EMBEDDED = {
@@ -229,7 +255,8 @@ EMBEDDED["word-valence"] = EmbeddedTask(
     "Word: {text}\nFeeling (negative, neutral or positive):",
     tuple(f" {name}" for name in VALENCE_CLASSES),
 )
-EMBEDDED["movie-dialog"] = EmbeddedTask(movie_dialog, "{prompt}\n", None, task="sft")
+EMBEDDED["movie-dialog"] = EmbeddedTask(movie_dialog, "{prompt}\n", None, task="sft", text=movie_dialog_text)
+EMBEDDED["python-code"] = EmbeddedTask(python_code, "", None, task="lm", text=python_code)
 EMBEDDED["default"] = EMBEDDED["movie-reviews"]
 
 

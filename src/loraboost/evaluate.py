@@ -1,6 +1,6 @@
-"""The tasks a causal LM is tuned and scored on: classification by label words (loss on the label word,
-accuracy by the label words' likelihood, LM head at the answer position only) and prompt -> response
-SFT (loss on the response tokens only; held-out loss and perplexity)."""
+"""How a causal LM is batched and scored: classification by label words (loss on the label word, accuracy by
+the label words' likelihood, LM head at the answer position only), prompt -> response batches, and the mean
+loss per predicted token that sft and lm report (with its perplexity)."""
 
 from __future__ import annotations
 
@@ -145,6 +145,22 @@ class ResponseTask:
 
 
 @torch.no_grad()
+def mean_token_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], progress=None) -> float:
+    """Mean loss per predicted token over causal-LM batches (labels -100 where nothing is predicted): each batch's
+    mean loss weighted by its count of predicted tokens, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in batches:
+        count = int((batch["labels"][:, 1:] != -100).sum())
+        total += model(**to_model_device(model, batch)).loss.item() * count
+        tokens += count
+        if progress is not None:
+            progress.update(len(batch["input_ids"]))
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
 def response_loss(
     model: nn.Module,
     tokenizer,
@@ -156,15 +172,6 @@ def response_loss(
     progress=None,
 ) -> dict[str, float]:
     """Mean loss per response token on held-out pairs, and its perplexity."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    for batch in task.batches(tokenizer, data, batch_size, prompt_column, response_column):
-        count = int((batch["labels"][:, 1:] != -100).sum())
-        total += model(**to_model_device(model, batch)).loss.item() * count
-        tokens += count
-        if progress is not None:
-            progress.update(len(batch["input_ids"]))
-    model.train(was_training)
-    loss = total / max(tokens, 1)
+    batches = task.batches(tokenizer, data, batch_size, prompt_column, response_column)
+    loss = mean_token_loss(model, batches, progress)
     return {"loss": loss, "perplexity": math.exp(loss)}

@@ -154,7 +154,15 @@ def arms_for_compare(names: list[Any], values: dict[str, Any]) -> list[Arm]:
 
 
 # What eval and predict may change about a finished run: the data and how it is read, never the model.
-OTHER_DATA_OPTIONS = ("data", "text_column", "label_column", "prompt_column", "response_column", "template")
+OTHER_DATA_OPTIONS = (
+    "data",
+    "text_column",
+    "label_column",
+    "prompt_column",
+    "response_column",
+    "messages_column",
+    "template",
+)
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:

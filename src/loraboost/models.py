@@ -51,16 +51,17 @@ def is_encoder(folder: Path) -> bool:
     return not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
 
 
-def load_model(name: str, task: str, num_labels: int | None = None):
-    """The model and tokenizer; an encoder gets a fresh classification head of ``num_labels`` classes."""
+def load_model(name: str, encoder_ok: bool, num_labels: int | None = None):
+    """The model and tokenizer; an encoder (where the task can use one: ``encoder_ok``) gets a fresh
+    classification head of ``num_labels`` classes."""
     folder = model_folder(name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if is_encoder(folder):
-        if task != "classify":
+        if not encoder_ok:
             raise ValueError(
-                f"model {name!r} is an encoder, which supports task='classify' only; use a causal LM for sft."
+                f"model {name!r} is an encoder, which supports task='classify' only; use a causal LM for this task."
             )
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             folder, num_labels=num_labels, dtype=torch.float32

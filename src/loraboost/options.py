@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-TASKS = ("classify", "sft")
+TASKS = ("classify", "sft", "lm")  # task_kinds.TASK_KINDS holds each one
 
 DEFAULT_SPLITS = {"train": 1000, "test": 500}  # COLA's protocol, where the data has room for it
 DEFAULT_MAX_LENGTH = 128
@@ -22,11 +22,18 @@ class RunOptions:
             or a local model folder.
         data: an embedded data set ('default' = 'movie-reviews', 'trec', 'trec-fine', 'word-valence';
             'movie-dialog' for sft), a .csv/.tsv/.jsonl/.json/.parquet file, or a hub data set name.
-        task: classify (by label words, or an encoder's head) or sft (prompt -> response).
+        task: classify (by label words, or an encoder's head), sft (prompt -> response, or a conversation) or lm
+            (continued pre-training on raw text: a text column, or text files by path, folder or glob).
         text_column: the column with the text to classify.
         label_column: the column with each row's class.
         prompt_column: the column with the prompt (sft).
         response_column: the column with the response to learn (sft).
+        messages_column: sft on conversations: the column of role/content turns, trained with the tokenizer's chat
+            template and loss on the assistant's turns only (instead of prompt and response columns).
+        block_size: lm: tokens per training block (documents are joined by EOS and packed).
+        forget_data: another data set read like --data (same task and columns), scored after training as the
+            split 'forget' (test_size of its rows, sampled with the seed): what the model lost elsewhere, e.g.
+            general text beside a code corpus.
         template: the prompt template, with {text} (classify) or {prompt} (sft); an embedded set brings its own.
         label_words: one word per class, comma-separated, in the order of the sorted labels.
         train_size: training examples, sampled with the seed (default 1000, or what a small data set leaves).
@@ -59,6 +66,9 @@ class RunOptions:
     label_column: str = "label"
     prompt_column: str = "prompt"
     response_column: str = "response"
+    messages_column: str | None = None
+    block_size: int = 128
+    forget_data: str | None = None
     template: str | None = None
     label_words: list[str] | None = None
     train_size: int | None = None  # None: DEFAULT_SPLITS, or what fits the data (fit_splits)
@@ -83,7 +93,15 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not valid; use one of {', '.join(TASKS)}.")
-        for name in ("train_size", "test_size", "batch_size", "gradient_accumulation", "save_steps", "max_length"):
+        for name in (
+            "train_size",
+            "test_size",
+            "batch_size",
+            "gradient_accumulation",
+            "save_steps",
+            "max_length",
+            "block_size",
+        ):
             value = getattr(self, name)
             if value is None and name in ("train_size", "test_size", "max_length"):
                 continue  # fitted to the data, or to the model
@@ -118,6 +136,13 @@ class RunOptions:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name}={value!r} is not valid; give it as non-empty text.")
+        if self.messages_column is not None and (not isinstance(self.messages_column, str) or self.task != "sft"):
+            raise ValueError(
+                f"messages_column={self.messages_column!r} applies to --task sft, with a column name; drop it or "
+                "pass --task sft."
+            )
+        if self.forget_data is not None and (not isinstance(self.forget_data, str) or not self.forget_data.strip()):
+            raise ValueError(f"forget_data={self.forget_data!r} is not valid; name a data set as for --data.")
         if self.template is not None and not isinstance(self.template, str):
             raise ValueError(f"template={self.template!r} is not valid; give it as text.")
         from transformers.trainer_utils import SchedulerType  # here, not on import: the CLI loads libraries late

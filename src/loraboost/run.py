@@ -19,7 +19,7 @@ from .atomic import atomic_file
 from .booster import Booster
 from .checkpoint import extra_trainables
 from .config import BoostConfig
-from .data import EMBEDDED, load_data, require_columns, sample_splits
+from .data import EMBEDDED, require_columns, sample_splits
 from .hf import BoostCallback
 from .models import head_module_name, is_encoder, load_model, model_folder, save_model
 from .monitors import (
@@ -55,35 +55,24 @@ from .run_folder import (
 )
 from .targets import check_rank, resolve_targets
 from .task import Task, majority_warning
+from .task_kinds import task_kind
 from .trainer import TaskTrainer, training_arguments
 
 
 def prepare(options: RunOptions, arm: Arm | BoostConfig | None = None):
-    """Load and check everything before any output is written; returns what training needs. Without
+    """Load and check everything before any output is written; returns what training needs. The task kind
+    (``--task``) reads the data, names its columns and classes, and binds to the tokenizer. Without
     ``--learning-rate``, the run takes ``arm``'s own rate."""
-    data = load_data(options.data)
-    if options.data in EMBEDDED and EMBEDDED[options.data].task != options.task:
-        kind = EMBEDDED[options.data].task
-        raise ValueError(f"data {options.data!r} is for task={kind!r}, not task={options.task!r}; pass --task {kind}.")
-    if options.data in EMBEDDED and options.task == "sft" and options.template is None:
-        options.template = EMBEDDED[options.data].template
-    if options.task == "classify" and options.data in EMBEDDED:  # its own prompt and label words, unless given
-        embedded = EMBEDDED[options.data]
-        if options.label_words is None and embedded.label_words is not None:
-            options.label_words = list(embedded.label_words)
-        elif options.label_words is None and not is_encoder(model_folder(options.model)):
-            raise ValueError(
-                f"data {options.data!r} has no label words for a causal LM (its classes are not one-token "
-                "words); use an encoder such as --model minilm, or pass --label-words, one per sorted class."
-            )
-        if options.template is None:
-            options.template = embedded.template
-    columns = (
-        {"text_column": options.text_column, "label_column": options.label_column}
-        if options.task == "classify"
-        else {"prompt_column": options.prompt_column, "response_column": options.response_column}
-    )
-    require_columns(data, columns)
+    kind = task_kind(options.task)
+    embedded = EMBEDDED.get(options.data)
+    if embedded is not None and options.task not in embedded.tasks:
+        raise ValueError(
+            f"data {options.data!r} is for task={embedded.task!r}, not task={options.task!r}; "
+            f"pass --task {embedded.task}."
+        )
+    data = kind.load(options)
+    kind.configure(options, embedded, lambda: is_encoder(model_folder(options.model)))
+    require_columns(data, kind.columns(options))
     fitted = options.train_size is None or options.test_size is None
     sizes = fit_splits(options, len(data))
     raw_splits = sample_splits(data, sizes, options.seed)  # checked before the (slow) model load
@@ -91,28 +80,30 @@ def prepare(options: RunOptions, arm: Arm | BoostConfig | None = None):
     if fitted:
         shown = " / ".join(f"{size} {name}" for name, size in sizes.items())
         print(f"loraboost: splits of the {len(data)} examples: {shown} (seed {options.seed})", file=sys.stderr)
+    if options.forget_data:  # scored like test, on another data set: what the run lost elsewhere
+        elsewhere = dataclasses.replace(options, data=options.forget_data)
+        other = kind.load(elsewhere)
+        require_columns(other, kind.columns(elsewhere))
+        raw_splits["forget"] = sample_splits(other, {"forget": min(options.test_size, len(other))}, options.seed)[
+            "forget"
+        ]
     if options.learning_rate is None and arm is not None:
         options.learning_rate = arm_of(arm).learning_rate
-    classes = None
-    if options.task == "classify":
-        classes = sorted(set(data[options.label_column]))
-        if len(classes) < 2:
-            raise ValueError(
-                f"label_column={options.label_column!r} has a single class {classes}; "
-                "classification needs at least two."
-            )
+    classes = kind.classes(data, options)
     # An encoder's new classification head is drawn from the global RNG: seed it, or a run is not repeatable.
     transformers.set_seed(options.seed)
-    model, tokenizer = load_model(options.model, options.task, num_labels=len(classes) if classes else None)
+    model, tokenizer = load_model(options.model, kind.encoder_ok, num_labels=len(classes) if classes else None)
     context = getattr(model.config, "max_position_embeddings", None)
     if options.max_length is None:  # run.json keeps what was used
         options.max_length = min(DEFAULT_MAX_LENGTH, context or DEFAULT_MAX_LENGTH)
-    if context and options.max_length > context:
-        raise ValueError(
-            f"max_length={options.max_length} is longer than this model's context of {context} tokens; "
-            f"use --max-length {context} or less."
-        )
-    task = Task(options, tokenizer, classes, head=is_encoder(model_folder(options.model)))
+    for name in ("max_length", kind.context_option):
+        if context and getattr(options, name) > context:
+            value = getattr(options, name)
+            raise ValueError(
+                f"{name}={value} is longer than this model's context of {context} tokens; "
+                f"use --{name.replace('_', '-')} {context} or less."
+            )
+    task = kind(options, tokenizer, classes, head=is_encoder(model_folder(options.model)))
     splits = {name: task.prepare(split) for name, split in raw_splits.items()}
     if task.truncated:
         total = sum(len(split) for split in splits.values())
@@ -257,6 +248,7 @@ def _train_and_finish(options, arm, model, tokenizer, task, splits, booster, arg
         "peak_memory_bytes": memory.peak,
         "train_seconds": seconds,
         "truncated_examples": task.truncated,
+        "scoring_cost": task.cost(splits),
         "metrics": metrics,
     }
     if memory.gpu_peak is not None:

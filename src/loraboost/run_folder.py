@@ -235,9 +235,9 @@ def absolute_paths(options: RunOptions) -> dict[str, str]:
     from .models import EMBEDDED_MODELS
 
     changes = {}
-    for name, embedded in (("data", EMBEDDED), ("model", EMBEDDED_MODELS)):
+    for name, embedded in (("data", EMBEDDED), ("forget_data", EMBEDDED), ("model", EMBEDDED_MODELS)):
         value = getattr(options, name)
-        if value not in embedded and Path(value).exists():
+        if value is not None and value not in embedded and Path(value).exists():
             changes[name] = str(Path(value).resolve())
     return changes
 
