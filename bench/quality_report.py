@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from quality_plan import LOWER_IS_BETTER, METHODS, metric_label, sign
+from rank_cell_report import forgetting_section, has_forgetting, plot_learning_vs_forgetting
 
 
 def table(rows: list[dict], ablation: bool = False) -> str:
@@ -295,9 +296,12 @@ def write(results: dict, out: Path) -> None:
         parts += ["### Ablations, every cell", "", overview(results["ablations"]), ""]
     for name, rows in results["grid"].items():
         parts += [f"### {name}", "", table(rows), "", timing_note(rows), ""]
+        if has_forgetting(rows):
+            parts += [f"### {name}: learning, forgetting and the gaps closed", "", forgetting_section(rows), ""]
     for name, rows in results["ablations"].items():
         parts += [f"### Ablations, {name}", "", table(rows, ablation=True), "", timing_note(rows), ""]
     (out / "quality.md").write_text("\n".join(parts))
     plot(results, out)
     plot_curves(results, out)
     plot_learning_curves(results, out)
+    plot_learning_vs_forgetting(results, out)

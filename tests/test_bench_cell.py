@@ -38,3 +38,30 @@ def test_the_cell_builds_the_same_base_twice_and_an_arm_adapts_it(tmp_path):
     metrics = summary["metrics"]
     assert summary["steps"] == 2 and metrics["test"]["loss"] > 0 and metrics["forget"]["loss"] > 0
     assert set(metrics) == {"validation", "test", "forget"}
+
+
+def test_the_cell_report_gives_each_arm_its_share_of_the_gaps_and_its_forgetting(tmp_path):
+    import rank_cell_report
+
+    def row(name, losses, forget, seconds=10.0):
+        mean = sum(losses) / len(losses)
+        spread = (sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) ** 0.5
+        return dict(name=name, label=name, mean=mean, std=spread, test_scores=losses, forget_mean=forget,
+                    live_trainable_parameters=1, optimizer_state_bytes=0, train_seconds=seconds)  # fmt: skip
+
+    rows = [
+        row("base", [3.5, 3.5, 3.5], 4.0, 0.0),
+        row("full", [3.0, 3.01, 2.99], 5.0, 20.0),
+        row("full-blocks", [3.1, 3.1, 3.1], 4.8),
+        row("lora-qv", [3.45, 3.45, 3.45], 4.3),
+        row("lora-all", [3.4, 3.41, 3.39], 4.4),
+        row("xgblora", [3.2, 3.2, 3.2], 4.5),
+    ]
+    text = rank_cell_report.forgetting_section(rows)
+    xgb = next(line for line in text.splitlines() if line.startswith("| xgblora |"))
+    # From LoRA r8 all-linear (3.4) to full (3.0): XGBLoRA at 3.2 closes half; to full-blocks (3.1), two thirds.
+    assert "| +0.50 |" in xgb and "| +0.67 |" in xgb and "| 4.500 |" in xgb
+    assert "2.00x" in next(line for line in text.splitlines() if line.startswith("| full |"))
+    assert "the cell binds" in text  # 0.4 of a 0.5 span, far beyond twice the std
+    rank_cell_report.plot_learning_vs_forgetting({"grid": {"tiny-llama on python-code": rows}}, tmp_path)
+    assert (tmp_path / "rank_cell.png").stat().st_size > 10_000

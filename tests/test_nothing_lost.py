@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import train_args
 
+import loraboost.compare as compare_module
 import loraboost.run as run_module
 from loraboost.cli import build_parser, main
 
@@ -206,6 +207,8 @@ def test_every_option_refuses_hostile_values_cleanly(
         raise ReachedTraining
 
     monkeypatch.setattr(run_module, "_train_and_finish", reached)
+    # compare's runs are train's (checked option by option above); here only compare's own checks run first.
+    monkeypatch.setattr(compare_module, "train", reached)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     base = {

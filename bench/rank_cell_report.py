@@ -1,0 +1,92 @@
+"""The capacity cell's own report (issue 32): per arm, held-out code loss, the forgetting loss, the share of the
+gap closed from LoRA r8 q/v and r8 all-linear to full fine-tuning and to its blocks-only control, its memory
+and its step time against LoRA r8 q/v; and the learning-versus-forgetting scatter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ANCHORS = (("lora-qv", "full"), ("lora-all", "full"), ("lora-qv", "full-blocks"), ("lora-all", "full-blocks"))
+
+
+def has_forgetting(rows: list[dict]) -> bool:
+    return any("forget_mean" in row for row in rows)
+
+
+def share(by_name: dict, name: str, low: str, high: str) -> str:
+    """(arm - low) / (high - low) on the test loss: 1 closes the whole gap, 0 is no better than ``low``."""
+    if not {name, low, high} <= set(by_name) or by_name[high]["mean"] == by_name[low]["mean"]:
+        return "-"
+    gap = by_name[high]["mean"] - by_name[low]["mean"]
+    return f"{(by_name[name]['mean'] - by_name[low]['mean']) / gap:+.2f}"
+
+
+def forgetting_section(rows: list[dict]) -> str:
+    """The cell's table: loss on held-out code and on the forgetting set (lower is better for both), the shares
+    of the four gaps, trainable parameters, optimizer state and train time over LoRA r8 q/v's in the same run."""
+    by_name = {row["name"]: row for row in rows}
+    anchor_seconds = by_name.get("lora-qv", {}).get("train_seconds")
+    heads = [f"gap {low} -> {high}" for low, high in ANCHORS]
+    lines = [
+        "| arm | code loss (mean +- std) | forgetting loss | " + " | ".join(heads) + " | trainable params | "
+        "optimizer state | train time / LoRA r8 q/v's |",
+        "|---" * (6 + len(ANCHORS)) + "|",
+    ]
+    for row in rows:
+        forget = f"{row['forget_mean']:.3f}" if "forget_mean" in row else "-"
+        shares = [share(by_name, row["name"], low, high) for low, high in ANCHORS]
+        ratio = (
+            f"{row['train_seconds'] / anchor_seconds:.2f}x"
+            if anchor_seconds and row["name"] != "base" and row.get("train_seconds")
+            else "-"
+        )
+        lines.append(
+            f"| {row['label']} | {row['mean']:.3f} +- {row['std']:.3f} (n={len(row['test_scores'])}) | {forget} | "
+            + " | ".join(shares)
+            + f" | {row['live_trainable_parameters']:,} | {row['optimizer_state_bytes'] / 2**20:.2f} MiB | {ratio} |"
+        )
+    full, lora = by_name.get("full"), by_name.get("lora-all")
+    if full and lora and "base" in by_name:
+        gap = lora["mean"] - full["mean"]
+        span = by_name["base"]["mean"] - full["mean"]
+        clear = gap > 2 * max(full["std"], lora["std"]) and span > 0 and gap >= 0.3 * span
+        lines += [
+            "",
+            f"Full fine-tuning's code loss is {gap:.3f} below LoRA r8 all-linear's, {gap / span:.0%} of the base -> "
+            "full span"
+            + (
+                "; one seed, so no std yet: the bar (more than twice the larger std) is not tested."
+                if min(len(full["test_scores"]), len(lora["test_scores"])) < 2
+                else "; the cell binds (more than twice the larger std and at least 30% of the span)."
+                if clear
+                else "; **the cell's bar is not met** (more than twice the larger std and 30% of the span)."
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def plot_learning_vs_forgetting(results: dict, out: Path) -> None:
+    """rank_cell.png: one point per arm, held-out code loss against the forgetting loss, for each cell that has a
+    forgetting set (lower-left is better: learns more, forgets less)."""
+    cells = {name: rows for name, rows in results["grid"].items() if has_forgetting(rows)}
+    if not cells:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cells), figsize=(7 * len(cells), 5.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], cells.items()):
+        for row in rows:
+            if "forget_mean" not in row:
+                continue
+            ax.scatter(row["mean"], row["forget_mean"], s=30)
+            ax.annotate(row["name"], (row["mean"], row["forget_mean"]), fontsize=8, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xlabel("held-out code loss per token (lower: learns more)")
+        ax.set_ylabel("held-out dialog loss per token (lower: forgets less)")
+        ax.set_title(f"{name}: learning against forgetting")
+    fig.tight_layout()
+    fig.savefig(out / "rank_cell.png", dpi=110)
+    plt.close(fig)
