@@ -76,12 +76,17 @@ def pack(token_lists: Iterable[list[int]], eos: int, block_size: int) -> Iterato
         yield block
 
 
-def block_batch(blocks: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded blocks as a causal-LM batch: every real token is a label (the model shifts them), padding
-    is masked out of both attention and loss."""
-    width = max(map(len, blocks))
+def padded(rows: list[dict], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` / ``labels`` rows as a causal-LM batch: padding is masked out of attention and
+    loss (labels -100)."""
+    width = max(len(r["input_ids"]) for r in rows)
     return {
-        "input_ids": torch.tensor([b + [pad] * (width - len(b)) for b in blocks]),
-        "attention_mask": torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in blocks]),
-        "labels": torch.tensor([b + [-100] * (width - len(b)) for b in blocks]),
+        "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]),
+        "labels": torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]),
     }
+
+
+def block_batch(blocks: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
+    """Blocks as a causal-LM batch: every real token is a label (the model shifts them)."""
+    return padded([{"input_ids": b, "labels": b} for b in blocks], pad)

@@ -84,6 +84,11 @@ class Task:
         return None
 
     # ---- what the kind does with a tokenizer and a model
+    @property
+    def pad_id(self) -> int:
+        """The padding token (the end-of-text token where the tokenizer has none)."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
     def prepare(self, data):
         """The split's rows in the kind's canonical columns (what ``collate`` batches); counts ``truncated``."""
         raise NotImplementedError

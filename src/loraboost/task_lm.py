@@ -54,10 +54,6 @@ class LmTask(Task):
         token_lists = (self.tokenizer(text, add_special_tokens=False).input_ids for text in texts)
         return Dataset.from_dict({"input_ids": list(pack(token_lists, eos, self.options.block_size))})
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         return block_batch([r["input_ids"] for r in rows], self.pad_id)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .evaluate import ResponseTask, mean_token_loss, response_loss
+from .packing import padded
 from .task import Task, batched, check_template
 
 
@@ -102,10 +103,6 @@ class SftTask(Task):
             return padded(rows, self.pad_id)
         return next(self.definition.batches(self.tokenizer, Dataset.from_list(rows), len(rows)))
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-
     def evaluate(self, model: nn.Module, data, progress: bool = True) -> dict[str, float]:
         """Mean loss per response (assistant) token, and its perplexity; lower is better."""
         from tqdm.auto import tqdm
@@ -150,13 +147,3 @@ def check_messages(messages, column: str, row: int, need_assistant: bool = True)
     if need_assistant and not any(turn["role"] == "assistant" for turn in messages):
         raise ValueError(f"{where} has no assistant turn, so it has nothing to learn; add one or drop the row.")
     return [{"role": turn["role"], "content": turn["content"]} for turn in messages]
-
-
-def padded(rows: list[dict], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` / ``labels`` rows (labels -100 on the padding)."""
-    width = max(len(r["input_ids"]) for r in rows)
-    return {
-        "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows]),
-        "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]),
-        "labels": torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]),
-    }
