@@ -46,7 +46,8 @@ CLASSIFICATION_ARMS = (
 # The capacity cell's additions: the blocks-only control, LoRA at XGBLoRA's total rank there, and the peers.
 RANK_CELL_ARMS = (
     "full-blocks", "lora-r4-all", "galore-r8", "galore-r32", "galore-r8-blocks", "galore-r32-blocks", "apollo-r32",
-    "apollo-r32-blocks", "apollo-mini", "apollo-mini-blocks",
+    "apollo-r32-blocks", "apollo-mini", "apollo-mini-blocks", "boost-galore-r8", "boost-galore-r8-k50",
+    "boost-galore-r32",
 )  # fmt: skip
 METHODS = {name: ARMS[name] for name in (*CLASSIFICATION_ARMS, *RANK_CELL_ARMS)}
 
@@ -169,6 +170,16 @@ CELL_GRIDS = {
         "xgblora-gradinit": (3e-3, 1e-2, 3e-2),
         "cola": (1e-3, 3e-3, 1e-2),
         "relora": (1e-3, 3e-3, 1e-2),
+        # The peers' own grids start lower; on this cell GaLore r32 on the blocks picked 1e-2 (seed 0).
+        "galore-r8-blocks": (3e-3, 1e-2, 3e-2),
+        "galore-r8": (3e-3, 1e-2, 3e-2),
+        "galore-r32": (3e-3, 1e-2, 3e-2),
+        "apollo-r32-blocks": (3e-3, 1e-2, 3e-2),
+        "apollo-r32": (3e-3, 1e-2, 3e-2),
+        "apollo-mini": (3e-3, 1e-2, 3e-2),
+        "boost-galore-r8": (3e-3, 1e-2, 3e-2),
+        "boost-galore-r8-k50": (3e-3, 1e-2, 3e-2),
+        "boost-galore-r32": (3e-3, 1e-2, 3e-2),
     }
 }
 
@@ -218,9 +229,10 @@ CAPACITY_GRID = (
 # The capacity cell's grid (issue 32): base, full and its blocks-only control, LoRA's ranks and targets, the
 # boosting arms, and GaLore / APOLLO on every weight and on the blocks' linear weights only.
 RANK_CELL_GRID = (
-    "base", "full", "full-blocks", "lora-qv", "lora-all", "lora-r1-all", "lora-r4-all", "xgblora", "xgblora-grad",
-    "xgblora-gradinit", "cola", "relora", "galore-r8", "galore-r32", "galore-r8-blocks", "galore-r32-blocks",
-    "apollo-r32", "apollo-r32-blocks", "apollo-mini", "apollo-mini-blocks",
+    "base", "full", "full-blocks", "lora-qv", "lora-all", "xgblora", "galore-r32-blocks", "apollo-mini-blocks",
+    "xgblora-grad", "lora-r1-all", "galore-r8-blocks", "boost-galore-r8", "boost-galore-r8-k50", "cola", "relora",
+    "apollo-r32-blocks", "boost-galore-r32", "lora-r4-all", "xgblora-gradinit", "galore-r8", "galore-r32",
+    "apollo-mini", "apollo-r32",
 )  # fmt: skip
 GRADIENT_ROWS = ("xgblora", "lora-r1-all", "xgblora-grad", *GRADIENT_VARIANTS, "cola", "cola-grad")
 METHOD_GROUPS = {"capacity": CAPACITY_GRID, "gradient": GRADIENT_ROWS, "rank-cell": RANK_CELL_GRID}

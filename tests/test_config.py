@@ -60,8 +60,8 @@ def test_bad_values_name_the_field_and_value(field, value, words):
     assert message.count(". ") == 0 and message.endswith(".")  # one sentence
 
 
-def test_a_gradient_start_refuses_a_frozen_random_factor():
-    with pytest.raises(ValueError, match="round_init='gradient-step' sets the factors from the gradient"):
+def test_a_descent_step_start_refuses_a_frozen_factor():
+    with pytest.raises(ValueError, match="round_init='gradient-step' sets both factors for one descent step"):
         BoostConfig(method="raclora", round_init="gradient-step")
 
 

@@ -64,6 +64,9 @@ class Arm:
             return self
         if self.kind == "booster":
             boost = {**self.boost, **overrides}
+            if "alpha" in self.boost and "rank" in overrides and "alpha" not in overrides:
+                # An arm that sets alpha fixes its scaling alpha / r (GaLore's scale); another rank keeps it.
+                boost["alpha"] = self.boost["alpha"] / self.boost["rank"] * overrides["rank"]
             BoostConfig(**boost)  # every field checked, with its own sentence
             return dataclasses.replace(self, boost=boost)
         allowed = PEER_OPTIONS if self.kind == "peer" else {}
@@ -143,6 +146,17 @@ def _apollo(name: str, label: str, blocks_only: bool = False, **args) -> Arm:
                peer="apollo")  # fmt: skip
 
 
+def _xgblora_variant(name: str, label: str, **boost) -> Arm:
+    return _booster(name, label, 1e-2, XGB_GRID, method="xgblora", **boost)
+
+
+def _galore_boost(name: str, label: str, rank: int, steps_per_round: int = 200) -> Arm:
+    # GaLore's scale 0.25 as the booster's alpha / r; no rounds limit: a round every steps_per_round steps.
+    settings = dict(alpha=0.25 * rank, target_modules="all-linear", rounds=None, steps_per_round=steps_per_round)
+    gradient_projection = dict(frozen_factor="shorter", round_init="gradient", optimizer_reset="keep")
+    return _booster(name, label, 1e-2, PEER_GRID, method="lora", rank=rank, **settings, **gradient_projection)
+
+
 _MINI = dict(rank=1, scale_type="tensor", scale=128.0)
 
 # Every arm by name. Adding one here is all a new arm needs: the command line, compare and the benchmarks read it.
@@ -205,53 +219,32 @@ ARMS: dict[str, Arm] = {
         ),  # fmt: skip
         # Gradient rounds: each booster starts on the loss gradient's top singular direction, and the blocks of
         # a round are drawn by their gradient's gap (BoostConfig.round_init / layer_selection).
-        _booster(
+        _xgblora_variant(
             "xgblora-grad",
             "XGBLoRA, gradient start and gradient blocks",
-            1e-2,
-            XGB_GRID,
-            method="xgblora",
             round_init="gradient",
             layer_selection="gradient",
-        ),  # fmt: skip
-        _booster(
-            "xgblora-gradinit", "XGBLoRA, gradient start only", 1e-2, XGB_GRID, method="xgblora", round_init="gradient"
-        ),  # fmt: skip
-        _booster(
-            "xgblora-gradsel",
-            "XGBLoRA, gradient blocks only",
-            1e-2,
-            XGB_GRID,
-            method="xgblora",
-            layer_selection="gradient",
-        ),  # fmt: skip
+        ),
+        _xgblora_variant("xgblora-gradinit", "XGBLoRA, gradient start only", round_init="gradient"),
+        _xgblora_variant("xgblora-gradsel", "XGBLoRA, gradient blocks only", layer_selection="gradient"),
         _booster("cola-grad", "COLA, links start on the gradient", 3e-3, method="cola", round_init="gradient"),
         # LoRA-One's start (one rank-1 descent step), and the blocks with the largest gaps (Frank-Wolfe's choice).
-        _booster(
-            "xgblora-gradstep",
-            "XGBLoRA, one-descent-step start only (LoRA-One)",
-            1e-2,
-            XGB_GRID,
-            method="xgblora",
-            round_init="gradient-step",
-        ),  # fmt: skip
-        _booster(
-            "xgblora-topk",
-            "XGBLoRA, top-k gradient blocks only",
-            1e-2,
-            XGB_GRID,
-            method="xgblora",
-            layer_selection="gradient-topk",
-        ),  # fmt: skip
-        _booster(
+        _xgblora_variant(
+            "xgblora-gradstep", "XGBLoRA, one-descent-step start only (LoRA-One)", round_init="gradient-step"
+        ),
+        _xgblora_variant("xgblora-topk", "XGBLoRA, top-k gradient blocks only", layer_selection="gradient-topk"),
+        _xgblora_variant(
             "xgblora-gradstep-topk",
             "XGBLoRA, one-descent-step start and top-k gradient blocks",
-            1e-2,
-            XGB_GRID,
-            method="xgblora",
             round_init="gradient-step",
             layer_selection="gradient-topk",
-        ),  # fmt: skip
+        ),
+        # Boosters that are GaLore (tests/test_galore_boost.py): in each module the shorter side's factor is frozen on
+        # the gradient's top singular vectors and the other trains, every block, a round per update gap, Adam's
+        # moments kept across merges, scaling alpha / r = GaLore's 0.25. '-k50': four times as many rounds.
+        _galore_boost("boost-galore-r8", "Boosters as GaLore r8 (200-step rounds)", rank=8),
+        _galore_boost("boost-galore-r8-k50", "Boosters as GaLore r8, 50-step rounds", rank=8, steps_per_round=50),
+        _galore_boost("boost-galore-r32", "Boosters as GaLore r32 (200-step rounds)", rank=32),
     )
 }
 assert set(PRESETS) <= set(ARMS), "every BoostConfig preset is an arm"

@@ -382,7 +382,7 @@ class Booster:
             factors = None
             if slot.name in tops:
                 factors = factors_from_gradient(
-                    tops[slot.name], cfg.rank, slot.shape, cfg.round_init, cfg.gradient_step_gamma
+                    tops[slot.name], cfg.rank, slot.shape, cfg.round_init, cfg.gradient_step_gamma, self.frozen(slot)
                 )
             if factors is not None:
                 slot.A.copy_(as_local_layout(factors[0], slot.A))
@@ -456,7 +456,7 @@ class Booster:
         """
         generator = round_generator(self.config.seed, round_index, "init")
         for slot in slots:
-            random, zero = (slot.B, slot.A) if self.config.frozen_factor == "B" else (slot.A, slot.B)
+            random, zero = (slot.B, slot.A) if self.frozen(slot) == "B" else (slot.A, slot.B)
             bound = 1.0 / math.sqrt(slot.A.shape[1])  # kaiming_uniform_(a=sqrt(5)) on (r, in)
             sample = torch.empty(random.shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
             random.copy_(as_local_layout(sample, random))
@@ -466,10 +466,18 @@ class Booster:
         """RAC-LoRA's frozen factor never trains: frozen for the whole run, never toggled per round.
         Re-applied after loading a state, in case something in between called PEFT's ``set_adapter``,
         which switches ``requires_grad`` on for every factor of the active adapter."""
-        frozen = self.config.frozen_factor
         for slot in self.slots:
-            slot.A.requires_grad_(frozen != "A")
-            slot.B.requires_grad_(frozen != "B")
+            slot.A.requires_grad_(self.frozen(slot) != "A")
+            slot.B.requires_grad_(self.frozen(slot) != "B")
+
+    def frozen(self, slot: Slot) -> str | None:
+        """The factor of ``slot`` that never trains (``frozen_factor``): ``A``, ``B`` or None; ``shorter`` is the
+        one on the weight's shorter side, A (r x in) when out >= in, else B (out x r), as GaLore projects."""
+        frozen = self.config.frozen_factor
+        if frozen == "shorter":
+            out_features, in_features = slot.shape
+            return "A" if out_features >= in_features else "B"
+        return None if frozen == "none" else frozen
 
     def _activate(self, layers: tuple[str, ...]) -> None:
         """Run the adapters of ``layers`` and skip all others in the forward pass.

@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 OPTIMIZER_RESETS = ("reset", "keep", "prune")
 LR_SCHEDULES = ("global", "per_round")
-FROZEN_FACTORS = ("none", "A", "B")
+FROZEN_FACTORS = ("none", "A", "B", "shorter")
 MERGE_RESIDUALS = ("auto", "residual", "always", "never", "stochastic")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
 ROUND_INITS = ("random", "gradient", "gradient-step")
@@ -102,7 +102,10 @@ class BoostConfig:
             re-warms from zero over ``round_warmup_steps`` and decays by a cosine to zero).
         round_warmup_steps: per-round warm-up, in steps (int) or as a fraction of a round in [0, 1).
         frozen_factor: ``none``; ``A`` keeps a fresh random A frozen and trains B from zero
-            (RAC-LoRA); ``B`` keeps a random B frozen and trains A from zero.
+            (RAC-LoRA); ``B`` keeps a random B frozen and trains A from zero; ``shorter`` freezes, in each
+            module, the factor on the weight's shorter side (A when out >= in, else B), as GaLore projects.
+            With ``round_init="gradient"`` the frozen factor holds the gradient's top singular vectors
+            (orthonormal: GaLore's projection) instead of a random draw, and the other factor trains from zero.
         round_init: how a new booster starts: ``random`` (the papers': PEFT's random A, B = 0) or
             ``gradient`` (A along the top-``rank`` right singular vectors of the loss gradient with respect
             to the merged weight, B = 0: the output is unchanged and B's first gradient is the steepest
@@ -226,11 +229,11 @@ class BoostConfig:
         _check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
         _check_number(self.gradient_step_gamma, "gradient_step_gamma", lambda v: v > 0, "a positive number")
         _check_int(self.sketch_steps, "sketch_steps", minimum=1)
-        if self.gradient_start and self.frozen_factor != "none":
+        if self.round_init == "gradient-step" and self.frozen_factor != "none":
             raise ValueError(
-                f"round_init={self.round_init!r} sets the factors from the gradient, but "
-                f"frozen_factor={self.frozen_factor!r} keeps a random factor frozen; use round_init='random' "
-                "with a frozen factor."
+                f"round_init='gradient-step' sets both factors for one descent step, but "
+                f"frozen_factor={self.frozen_factor!r} keeps one frozen; use round_init='gradient' with a frozen "
+                "factor (it then holds the gradient's singular vectors)."
             )
         _check_int(self.seed, "seed", minimum=0)
 

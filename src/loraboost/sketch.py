@@ -155,7 +155,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def factors_from_gradient(
-    top: TopSingular, rank: int, shape: tuple[int, int], how: str, gamma: float
+    top: TopSingular, rank: int, shape: tuple[int, int], how: str, gamma: float, frozen: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A new booster's fp32 factors A (rank, in) and B (out, rank) from the gradient's top triplets, or None when
     the gradient is zero (the booster then keeps its random start).
@@ -164,13 +164,21 @@ def factors_from_gradient(
     kaiming-uniform: sqrt(1/3)), and B = 0. ``gradient-step`` (LoRA-One): A = sqrt(w) V^T and B = -U sqrt(w)
     with w = S / (S_1 gamma), so B A = -(1/gamma) U diag(S / S_1) V^T, a descent step along the gradient's
     top-r subspace that does not depend on the gradient's scale (a sum over however many micro-batches).
+
+    ``frozen`` (``gradient`` only) names the factor that will not train: it is set to the singular vectors
+    themselves, orthonormal, and the other factor to zero. A frozen A = V_r^T makes B's gradient s G V_r, GaLore's
+    right projection; a frozen B = U_r makes A's gradient s U_r^T G, its left projection.
     """
     if not float(top.values[0]) > 0:
         return None
     out_features, in_features = shape
     A, B = torch.zeros(rank, in_features), torch.zeros(out_features, rank)
     n = top.right.shape[0]
-    if how == "gradient":
+    if how == "gradient" and frozen == "A":
+        A[:n] = top.right.cpu()
+    elif how == "gradient" and frozen == "B":
+        B[:, :n] = top.left.cpu()
+    elif how == "gradient":
         A[:n] = top.right.cpu() / math.sqrt(3.0)
     else:
         root = (top.values.cpu() / (top.values[0].cpu() * gamma)).sqrt()
