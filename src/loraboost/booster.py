@@ -123,7 +123,7 @@ class Booster:
         )
         self._freeze_factors()
 
-        self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots})
+        self.ledger = Ledger({s.name: s.fan_in_fan_out for s in self.slots}, fold=cfg.fold_ledger)
         self.plan = plan
         # Residuals of merged weights (see merge.add_delta_), made at a module's first merge.
         self.residuals: dict[str, torch.Tensor] = {}
@@ -133,6 +133,11 @@ class Booster:
         self.side_paths: dict[str, LowRankSidePath] = {
             s.name: LowRankSidePath(s.lora.get_base_layer()) for s in self.slots if is_quantized(s.base_weight)
         }
+        if cfg.fold_ledger and self.side_paths:
+            raise ValueError(
+                f"fold_ledger=True folds merges into a sum, but {next(iter(self.side_paths))!r} is quantized and "
+                "keeps its merged factors beside it; use fold_ledger=False on a quantized model."
+            )
         self.global_step = 0  # optimizer steps taken so far; the live round follows from it
         self._checked_optimizer: weakref.ref | None = None
         # Blocks picked by the gradient (layer_selection "gradient..."), by round; other rounds use the plan's draw.
@@ -264,9 +269,17 @@ class Booster:
         slots = {s.name: s for s in self.slots}
         # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
         for entry in self.ledger:
+            if entry.module in self.ledger.folded:
+                continue  # its merged weight was saved whole (below): the sum would not round as the merges did
             slot = slots[entry.module]
             A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
             self._apply_merge(slot, A, B, entry.scale, entry.round)
+        for name in self.ledger.folded:
+            slot = slots[name]
+            slot.base_weight.copy_(as_local_layout(tensors[f"merged.{name}.weight"], slot.base_weight))
+            if f"merged.{name}.residual" in tensors:
+                residual = self._residual(slot)
+                residual.copy_(as_local_layout(tensors[f"merged.{name}.residual"], residual))
         for name, param in extra_trainables(self):
             param.copy_(as_local_layout(tensors[f"trainable.{name}"], param))
         for slot in self.slots:

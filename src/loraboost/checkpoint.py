@@ -30,12 +30,18 @@ def booster_state(booster: BoosterSurface) -> dict[str, Any]:
 
     The plan draws each round's layers and initial factors from generators seeded by (seed, round),
     so the step count (the round follows from it) is the whole of its random state. Merge residuals
-    are not stored: replaying the ledger on load rebuilds them exactly.
+    are not stored: replaying the ledger on load rebuilds them exactly; only a module whose ledger was folded
+    (``fold_ledger``) has its merged weight and residual stored, since replaying the sum would round otherwise.
     """
     records, tensors = booster.ledger.to_state()
     for name, param in extra_trainables(booster):  # modules_to_save, e.g. a classification head
         tensors[f"trainable.{name}"] = full_tensor(param.detach()).cpu().clone()
     for slot in booster.slots:
+        if slot.name in booster.ledger.folded:  # its weight as merged, which resuming restores instead of a replay
+            tensors[f"merged.{slot.name}.weight"] = full_tensor(slot.base_weight.detach()).cpu().clone()
+            residual = booster.residuals.get(slot.name)
+            if residual is not None:
+                tensors[f"merged.{slot.name}.residual"] = full_tensor(residual).cpu().clone()
         tensors[f"live.{slot.name}.A"] = full_tensor(slot.A.detach()).cpu().clone()
         tensors[f"live.{slot.name}.B"] = full_tensor(slot.B.detach()).cpu().clone()
     sketch_batches = {}

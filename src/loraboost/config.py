@@ -122,6 +122,11 @@ class BoostConfig:
         gradient_step_gamma: gamma of ``round_init="gradient-step"``: the larger it is, the smaller the
             first step (LoRA-One's stable gamma; its default here, 64, is that paper's, not tuned).
         sketch_steps: optimizer steps at the end of each round whose gradient is sketched (``gradient`` only).
+        fold_ledger: once a module's merged factors take more bytes than its fp32 weight (after T rounds of rank r,
+            when T r > out in / (out + in)), replace them in the ledger by their sum, so the ledger never holds more
+            than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged
+            weight (replaying the sum would round differently from the merges it replaced, and resume is bit-exact),
+            and the exported adapter gives a folded module rank min(out, in) (exact, as large as the weight).
         seed: seeds the plan (which layers a round uses) and every booster initialisation, so that
             all data-parallel ranks draw the same.
     """
@@ -149,6 +154,7 @@ class BoostConfig:
     layer_selection: str = "random"
     gradient_step_gamma: float = 64.0
     sketch_steps: int = 1
+    fold_ledger: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -235,6 +241,8 @@ class BoostConfig:
                 f"frozen_factor={self.frozen_factor!r} keeps one frozen; use round_init='gradient' with a frozen "
                 "factor (it then holds the gradient's singular vectors)."
             )
+        if not isinstance(self.fold_ledger, bool):
+            raise ValueError(f"fold_ledger={self.fold_ledger!r} is not valid; use True or False.")
         _check_int(self.seed, "seed", minimum=0)
 
     # ------------------------------------------------------------------ derived values

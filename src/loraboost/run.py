@@ -223,7 +223,7 @@ def _train_and_finish(options, arm, model, tokenizer, task, splits, booster, arg
         trained = model
         save_model(model, tokenizer, work / FULL_MODEL)
         trainable = live = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what the optimizer steps
-        rounds = 0
+        rounds, ledger = 0, {}
     else:
         trained = booster.model
         booster.save_state(work / STATE)
@@ -233,6 +233,10 @@ def _train_and_finish(options, arm, model, tokenizer, task, splits, booster, arg
             p.numel() for _, p in extra_trainables(booster)
         )  # e.g. a classifier head
         rounds = len(booster.ledger)
+        ledger = {
+            "ledger_bytes": booster.ledger.nbytes,  # held on the host and written into every checkpoint
+            "adapted_weight_bytes": sum(4 * s.shape[0] * s.shape[1] for s in booster.slots),  # the same in fp32
+        }
     metrics = task.score(trained, splits)
     warning = majority_warning(metrics)
     if warning:
@@ -245,6 +249,7 @@ def _train_and_finish(options, arm, model, tokenizer, task, splits, booster, arg
         "trainable_parameters": trainable,
         "live_trainable_parameters": live,
         "optimizer_state_bytes": optimizer_peak.peak,
+        **ledger,
         "peak_memory_bytes": memory.peak,
         "train_seconds": seconds,
         "truncated_examples": task.truncated,

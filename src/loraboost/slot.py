@@ -68,6 +68,7 @@ class BoosterSurface(Protocol):
     global_step: int
     chosen_layers: dict[int, tuple[str, ...]]
     side_paths: dict[str, LowRankSidePath]
+    residuals: dict[str, torch.Tensor]
     sketcher: GradientSketcher | None
 
     @property
