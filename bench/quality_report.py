@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from quality_plan import LOWER_IS_BETTER, METHODS, metric_label, sign
-from rank_cell_report import forgetting_section, has_forgetting, plot_learning_vs_forgetting
+from rank_cell_report import forgetting_section, has_forgetting, plot_cell_curves, plot_learning_vs_forgetting
 
 
 def table(rows: list[dict], ablation: bool = False) -> str:
@@ -305,3 +305,4 @@ def write(results: dict, out: Path) -> None:
     plot_curves(results, out)
     plot_learning_curves(results, out)
     plot_learning_vs_forgetting(results, out)
+    plot_cell_curves(results, out)

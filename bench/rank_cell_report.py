@@ -1,9 +1,11 @@
 """The capacity cell's own report (issue 32): per arm, held-out code loss, the forgetting loss, the share of the
 gap closed from LoRA r8 q/v and r8 all-linear to full fine-tuning and to its blocks-only control, its memory
-and its step time against LoRA r8 q/v; and the learning-versus-forgetting scatter."""
+and its step time against LoRA r8 q/v; the learning-versus-forgetting scatter and the learning curves."""
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 ANCHORS = (("lora-qv", "full"), ("lora-all", "full"), ("lora-qv", "full-blocks"), ("lora-all", "full-blocks"))
@@ -89,4 +91,45 @@ def plot_learning_vs_forgetting(results: dict, out: Path) -> None:
         ax.set_title(f"{name}: learning against forgetting")
     fig.tight_layout()
     fig.savefig(out / "rank_cell.png", dpi=110)
+    plt.close(fig)
+
+
+# The learning curves issue 32 asks for: full fine-tuning and its control, LoRA, XGBLoRA, GaLore, APOLLO-Mini, and the
+# boosters that are GaLore; merges drawn for the boosting arms that merge.
+CURVE_ARMS = ("full", "full-blocks", "lora-all", "xgblora", "galore-r32-blocks", "apollo-mini-blocks",
+              "boost-galore-r8", "boost-galore-r8-k50")  # fmt: skip
+MERGES_DRAWN = {"xgblora": ":", "boost-galore-r8-k50": "-."}
+SMOOTHING = 25  # logged steps in the moving average: one 16 x 128 batch's loss is noisy
+
+
+def plot_cell_curves(results: dict, out: Path) -> None:
+    """rank_cell_curves.png: the training loss of the curve arms (seed 0, picked LR, moving average), per cell with
+    a forgetting set, with XGBLoRA's merges (dotted) and the 50-step GaLore boosters' merges (dash-dot) marked."""
+    cells = {name: rows for name, rows in results["grid"].items() if has_forgetting(rows)}
+    if not cells:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(cells), 1, figsize=(11, 5 * len(cells)), squeeze=False)
+    for ax, (name, rows) in zip(axes[:, 0], cells.items()):
+        by_name = {row["name"]: row for row in rows if row.get("loss_curve") and Path(row["loss_curve"]).exists()}
+        for arm in (a for a in CURVE_ARMS if a in by_name):
+            logs = [json.loads(line) for line in Path(by_name[arm]["loss_curve"]).read_text().splitlines()]
+            logs = [entry for entry in logs if "loss" in entry]
+            losses = [entry["loss"] for entry in logs]
+            smooth = [statistics.fmean(losses[max(0, i - SMOOTHING + 1) : i + 1]) for i in range(len(losses))]
+            (line,) = ax.plot([e["step"] for e in logs], smooth, lw=1.3, label=by_name[arm]["label"])
+            if arm in MERGES_DRAWN:
+                for before, after in zip(logs, logs[1:]):
+                    if after["round"] != before["round"]:
+                        ax.axvline(after["step"], color=line.get_color(), ls=MERGES_DRAWN[arm], lw=0.7, alpha=0.6)
+        ax.set_title(f"{name}: training loss (seed 0, picked LR, mean of the last {SMOOTHING} steps); lines: merges")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss per token")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rank_cell_curves.png", dpi=110)
     plt.close(fig)

@@ -7,13 +7,15 @@ vector) and beta = 0.9 (about ten steps). It is 1 when every step goes the same 
 sqrt((1 - beta) / (1 + beta)) = 0.23 when steps point in random directions: a booster whose drift falls to
 that level has stopped making directed progress, and its round could end.
 
-Runs (the quality benchmark's protocol: MiniLM TREC, 1000 training examples, 3 epochs = 189 steps, seed 0,
-XGBLoRA's picked LR 1e-2):
-  xgblora       literal XGBLoRA, kappa 50 (3 merges)
-  xgblora-grad  gradient start and gradient blocks, kappa 50
-  one-round     XGBLoRA's booster never merged: one 189-step round (does a round stall if left alone?)
+Runs (the quality benchmark's protocol and cell sizes; by default MiniLM TREC, 1000 training examples, 3 epochs =
+189 steps, seed 0, XGBLoRA's picked LR 1e-2):
+  xgblora          literal XGBLoRA, kappa 50
+  xgblora-grad     gradient start and gradient blocks, kappa 50
+  one-round        XGBLoRA's booster never merged: one round over the whole run (does a round stall if left alone?)
+  boost-galore-r8  (and any other booster arm named in --runs) as the catalogue defines it
 
-    python bench/round_drift.py [--task trec] [--lr 0.01] [--seed 0] [--output runs/round-drift]
+    python bench/round_drift.py [--model minilm] [--task trec] [--lr 0.01] [--seed 0] [--output runs/round-drift]
+    python bench/round_drift.py --model tiny-llama --task python-code --lr 0.001 --output runs/round-drift-cell
 
 Writes OUTPUT/round_drift.json (the drift at every step, each run's scores) and round_drift.png.
 """
@@ -35,7 +37,7 @@ from loraboost.booster import Booster
 from loraboost.run import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_plan import SIZES, cell_options  # noqa: E402  (the quality benchmark's protocol)
+from quality_plan import SIZES, cell_options, metric_of  # noqa: E402  (the quality benchmark's protocol)
 
 DECAY = 0.9
 NOISE_DRIFT = math.sqrt((1 - DECAY) / (1 + DECAY))  # steps in random directions, in many dimensions
@@ -92,17 +94,24 @@ def measured_step(log: list[dict]):
 
 def run(name: str, args, out: Path) -> dict:
     options = dataclasses.replace(
-        cell_options("minilm", args.task, SIZES, quick=False),
+        cell_options(args.model, args.task, SIZES, quick=False),
         output=str(out / name),
         learning_rate=args.lr,
         seed=args.seed,
         overwrite=True,
     )
     log: list[dict] = []
+    arm = RUNS.get(name) or ARMS[name]
     with mock.patch.object(Booster, "step", measured_step(log)):
-        summary = train(options, RUNS[name])
+        summary = train(options, arm)
     ends = [entry["step"] for entry, following in zip(log, log[1:]) if following["round"] != entry["round"]]
-    return {"config": RUNS[name].boost, "metrics": summary["metrics"], "merges_after_step": ends, "drift": log}
+    return {
+        "config": arm.boost,
+        "metric": metric_of(options),
+        "metrics": summary["metrics"],
+        "merges_after_step": ends,
+        "drift": log,
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -118,8 +127,9 @@ def plot(results: dict, path: Path) -> None:
         for end in result["merges_after_step"]:
             ax.axvline(end, color="grey", ls=":", lw=1)
         ax.axhline(NOISE_DRIFT, color="red", ls="--", lw=1, label=f"steps in random directions ({NOISE_DRIFT:.2f})")
-        accuracy = result["metrics"]["validation"]["accuracy"]
-        ax.set_title(f"{name}: validation accuracy {accuracy:.3f} (dotted: merges)", fontsize=9)
+        metric = result.get("metric", "accuracy")
+        score = result["metrics"]["validation"][metric]
+        ax.set_title(f"{name}: validation {metric} {score:.3f} (dotted: merges)", fontsize=9)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("drift")
     axes[0].legend(fontsize=8, loc="lower left")
@@ -130,14 +140,21 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="trec", help="a MiniLM classification task of the quality benchmark")
+    parser.add_argument("--model", default="minilm", help="a model of the quality benchmark (tiny-llama: the cell)")
+    parser.add_argument("--task", default="trec", help="a task of the quality benchmark the model runs")
     parser.add_argument("--lr", type=float, default=1e-2, help="peak LR (default: XGBLoRA's pick on MiniLM TREC)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated: {', '.join(RUNS)}")
+    parser.add_argument(
+        "--runs", default=",".join(RUNS), help=f"comma-separated: {', '.join(RUNS)}, or any booster arm's name"
+    )
     parser.add_argument("--output", default="runs/round-drift")
     args = parser.parse_args()
     out = Path(args.output)
-    results = {name: run(name, args, out) for name in args.runs.split(",")}
+    names = args.runs.split(",")
+    unknown = [n for n in names if n not in RUNS and (n not in ARMS or ARMS[n].boost is None)]
+    if unknown:
+        parser.error(f"--runs {unknown[0]!r} is neither a drift run ({', '.join(RUNS)}) nor a booster arm.")
+    results = {name: run(name, args, out) for name in names}
     (out / "round_drift.json").write_text(
         json.dumps({"command": "python bench/round_drift.py " + " ".join(sys.argv[1:]), "runs": results}, indent=1)
     )
@@ -149,7 +166,7 @@ def main() -> None:
         print(
             f"{name}: lowest drift {min(e['drift'] for e in drift[10:]):.2f} after step 10; at each merge "
             f"{', '.join(f'{d:.2f}' for d in before_merge) or '-'}; last 20 steps {min(tail):.2f}-{max(tail):.2f}; "
-            f"validation {result['metrics']['validation']['accuracy']:.3f}"
+            f"validation {result['metric']} {result['metrics']['validation'][result['metric']]:.3f}"
         )
     print(f"random-direction level {NOISE_DRIFT:.2f}; {out / 'round_drift.json'}, {out / 'round_drift.png'}")
 
