@@ -47,7 +47,7 @@ CLASSIFICATION_ARMS = (
 RANK_CELL_ARMS = (
     "full-blocks", "lora-r4-all", "galore-r8", "galore-r32", "galore-r8-blocks", "galore-r32-blocks", "apollo-r32",
     "apollo-r32-blocks", "apollo-mini", "apollo-mini-blocks", "boost-galore-r8", "boost-galore-r8-k50",
-    "boost-galore-r32",
+    "boost-galore-r32", "boost-grad-r8-k50",
 )  # fmt: skip
 METHODS = {name: ARMS[name] for name in (*CLASSIFICATION_ARMS, *RANK_CELL_ARMS)}
 
@@ -180,6 +180,7 @@ CELL_GRIDS = {
         "boost-galore-r8": (3e-3, 1e-2, 3e-2),
         "boost-galore-r8-k50": (3e-3, 1e-2, 3e-2),
         "boost-galore-r32": (3e-3, 1e-2, 3e-2),
+        "boost-grad-r8-k50": (3e-3, 1e-2, 3e-2),
     }
 }
 
@@ -230,9 +231,9 @@ CAPACITY_GRID = (
 # boosting arms, and GaLore / APOLLO on every weight and on the blocks' linear weights only.
 RANK_CELL_GRID = (
     "base", "full", "full-blocks", "lora-qv", "lora-all", "xgblora", "galore-r32-blocks", "apollo-mini-blocks",
-    "xgblora-grad", "lora-r1-all", "galore-r8-blocks", "boost-galore-r8", "boost-galore-r8-k50", "cola", "relora",
-    "apollo-r32-blocks", "boost-galore-r32", "lora-r4-all", "xgblora-gradinit", "galore-r8", "galore-r32",
-    "apollo-mini", "apollo-r32",
+    "boost-galore-r8", "boost-galore-r8-k50", "boost-grad-r8-k50", "galore-r8-blocks", "xgblora-grad",
+    "apollo-r32-blocks", "lora-r1-all", "cola", "relora", "boost-galore-r32", "lora-r4-all", "xgblora-gradinit",
+    "galore-r8", "galore-r32", "apollo-mini", "apollo-r32",
 )  # fmt: skip
 GRADIENT_ROWS = ("xgblora", "lora-r1-all", "xgblora-grad", *GRADIENT_VARIANTS, "cola", "cola-grad")
 METHOD_GROUPS = {"capacity": CAPACITY_GRID, "gradient": GRADIENT_ROWS, "rank-cell": RANK_CELL_GRID}

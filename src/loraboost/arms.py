@@ -245,6 +245,18 @@ ARMS: dict[str, Arm] = {
         _galore_boost("boost-galore-r8", "Boosters as GaLore r8 (200-step rounds)", rank=8),
         _galore_boost("boost-galore-r8-k50", "Boosters as GaLore r8, 50-step rounds", rank=8, steps_per_round=50),
         _galore_boost("boost-galore-r32", "Boosters as GaLore r32 (200-step rounds)", rank=32),
+        # What GaLore cannot express: both factors of an all-linear r8 booster train from a gradient start (LoRA r8
+        # all-linear's parameters and state), merged every 50 steps with a fresh optimizer state.
+        _booster(
+            "boost-grad-r8-k50",
+            "Boosters r8 all-linear, both factors from a gradient start, 50-step rounds",
+            3e-3,
+            method="lora",
+            target_modules="all-linear",
+            rounds=None,
+            steps_per_round=50,
+            round_init="gradient",
+        ),  # fmt: skip
     )
 }
 assert set(PRESETS) <= set(ARMS), "every BoostConfig preset is an arm"
