@@ -19,7 +19,7 @@ from galore_torch.galore_projector import GaLoreProjector  # noqa: E402
 RANK, GAP, SCALE, LR, EPS = 2, 3, 0.25, 1e-2, 1e-6
 
 
-def galore_booster(model) -> Booster:
+def galore_booster(model, **extra) -> Booster:
     return Booster(
         model,
         BoostConfig(
@@ -32,6 +32,7 @@ def galore_booster(model) -> Booster:
             frozen_factor="shorter",
             round_init="gradient",
             optimizer_reset="keep",  # GaLore keeps its moments when the projection changes
+            **extra,
         ),
     )
 
@@ -103,14 +104,19 @@ def test_frozen_gradient_factors_are_galore_step_for_step():
         torch.testing.assert_close(booster.merged_weight(slot), modules[slot.name].weight.detach(), atol=2e-6, rtol=0)
 
 
-def test_the_frozen_factor_is_the_gradient_singular_subspace():
-    # The projection the booster uses is GaLore's own: the top-r singular vectors of a step's gradient.
-    data = batches("llama", 1, size=1, length=6)
+@pytest.mark.parametrize(
+    ("size", "length", "oversample"),
+    [(1, 6, 4), (4, 12, 32)],  # a gradient of rank <= 6 < k; a full-rank one with k = 34 >= min(out, in)
+)
+def test_the_frozen_factor_is_the_gradient_singular_subspace(size, length, oversample):
+    # The projection the booster uses is GaLore's own: the top-r singular vectors of a step's gradient, exactly when
+    # the gradient's rank or min(out, in) is within the sketch's k = r + sketch_oversample columns.
+    data = batches("llama", 1, size=size, length=length)
     model = tiny_llama(hidden=32, layers=2)
     model.train()
     model(**data[0]).loss.backward()
     grads = {name: m.weight.grad.clone() for name, m in model.named_modules() if name.endswith("_proj")}
-    booster = galore_booster(tiny_llama(hidden=32, layers=2))
+    booster = galore_booster(tiny_llama(hidden=32, layers=2), sketch_oversample=oversample)
     optimizer = torch.optim.AdamW(booster.parameters(), lr=LR)
     booster.model(**data[0]).loss.backward()
     optimizer.step()

@@ -150,6 +150,7 @@ class Booster:
                 {s.name: s.shape for s in self.slots},
                 embeddings,
                 cfg.rank,
+                cfg.sketch_oversample,
             )
         self._initialise(self.slots, round_index=0)
         self._activate(self.layers_of(0))

@@ -122,6 +122,10 @@ class BoostConfig:
         gradient_step_gamma: gamma of ``round_init="gradient-step"``: the larger it is, the smaller the
             first step (LoRA-One's stable gamma; its default here, 64, is that paper's, not tuned).
         sketch_steps: optimizer steps at the end of each round whose gradient is sketched (``gradient`` only).
+        sketch_oversample: p, the sketch's extra columns: it keeps k = rank + p columns of the gradient's range and
+            2k + 1 rows of its co-range, (k out + (2k + 1) in) numbers per module. The larger p, the closer its top
+            directions are to the exact SVD's (exact once k >= min(out, in); bench/sketch_accuracy.py measures how
+            close: at rank 1 and p = 4 they hold 41-74% of the top direction's energy on the capacity cell).
         fold_ledger: once a module's merged factors take more bytes than its fp32 weight (after T rounds of rank r,
             when T r > out in / (out + in)), replace them in the ledger by their sum, so the ledger never holds more
             than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged
@@ -154,6 +158,7 @@ class BoostConfig:
     layer_selection: str = "random"
     gradient_step_gamma: float = 64.0
     sketch_steps: int = 1
+    sketch_oversample: int = 4
     fold_ledger: bool = False
     seed: int = 0
 
@@ -235,6 +240,7 @@ class BoostConfig:
         _check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
         _check_number(self.gradient_step_gamma, "gradient_step_gamma", lambda v: v > 0, "a positive number")
         _check_int(self.sketch_steps, "sketch_steps", minimum=1)
+        _check_int(self.sketch_oversample, "sketch_oversample", minimum=0)
         if self.round_init == "gradient-step" and self.frozen_factor != "none":
             raise ValueError(
                 f"round_init='gradient-step' sets both factors for one descent step, but "
