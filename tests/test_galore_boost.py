@@ -184,3 +184,11 @@ def test_the_galore_arm_trains_exports_and_reproduces_its_model(tiny_model, revi
         live = booster.config.lora_scaling * slot.B.detach() @ slot.A.detach()
         expected = booster.merged_weight(slot) + live
         torch.testing.assert_close(adapted.get_submodule(slot.name).weight, expected, atol=1e-5, rtol=0)
+
+
+def test_an_oversample_beyond_the_weight_keeps_the_sketch_at_the_weight_size():
+    booster = galore_booster(tiny_llama(hidden=32, layers=2), sketch_oversample=10**7)
+    assert booster.sketcher.armed  # round 0 sketches its first step
+    for slot in booster.slots:
+        sketch = booster.sketcher.sketches[slot.name]
+        assert sketch.Y.shape == (slot.shape[0], min(slot.shape)) and sketch.Z.shape[0] == 2 * min(slot.shape) + 1

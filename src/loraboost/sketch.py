@@ -67,7 +67,7 @@ class GradientSketcher:
         shapes: name -> (out, in).
         embeddings: the model's input embeddings, or None when it has none (then only the blocks the
             backward reaches anyway are sketched).
-        oversample: k = rank + oversample columns in Y; l = 2k + 1 rows in Z.
+        oversample: k = rank + oversample columns in Y (at most min(out, in)); l = 2k + 1 rows in Z.
     """
 
     def __init__(
@@ -81,8 +81,7 @@ class GradientSketcher:
         self.layers = dict(layers)
         self.shapes = shapes
         self.embeddings = embeddings
-        self.k = rank + oversample
-        self.l = 2 * self.k + 1
+        self.k = rank + oversample  # per module at most min(out, in), where the sketch is already exact
         self.sketches: dict[str, ModuleSketch] = {}
         self._handles: list = []  # hooks exist only while armed: outside a window a forward pays nothing
 
@@ -97,14 +96,15 @@ class GradientSketcher:
         self.sketches = {}
         for name in names:
             out_features, in_features = self.shapes[name]
-            omega = torch.randn(in_features, self.k, generator=generator)
-            psi = torch.randn(self.l, out_features, generator=generator)
+            k = min(self.k, out_features, in_features)
+            omega = torch.randn(in_features, k, generator=generator)
+            psi = torch.randn(2 * k + 1, out_features, generator=generator)
             device = _device_of(self.layers[name])
             self.sketches[name] = ModuleSketch(
                 omega.to(device),
                 psi.to(device),
-                torch.zeros(out_features, self.k, device=device),
-                torch.zeros(self.l, in_features, device=device),
+                torch.zeros(out_features, k, device=device),
+                torch.zeros(2 * k + 1, in_features, device=device),
             )
             self._handles.append(self.layers[name].register_forward_hook(self._capture(self.sketches[name])))
         if self.embeddings is not None:
