@@ -256,7 +256,7 @@ def run_model(
     for task, (methods, ablations) in chosen.items():
         for name in methods:
             if name == "base":
-                if "base" not in rows[task]:
+                if rows[task].get("base", {}).get("seeds") != seeds:  # a base scored on other seeds is redone
                     jobs[task, "base"] = (base_cell, options[task], seeds)
                 continue
             method = METHODS[name]
