@@ -46,8 +46,9 @@ def test_the_cell_report_gives_each_arm_its_share_of_the_gaps_and_its_forgetting
     def row(name, losses, forget, seconds=10.0):
         mean = sum(losses) / len(losses)
         spread = (sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) ** 0.5
-        return dict(name=name, label=name, mean=mean, std=spread, test_scores=losses, forget_mean=forget,
-                    live_trainable_parameters=1, optimizer_state_bytes=0, train_seconds=seconds)  # fmt: skip
+        return dict(name=name, label=name, mean=mean, std=spread, test_scores=losses, seeds=[0, 1, 2],
+                    forget_mean=forget, live_trainable_parameters=1, optimizer_state_bytes=0,
+                    train_seconds=seconds)  # fmt: skip
 
     rows = [
         row("base", [3.5, 3.5, 3.5], 4.0, 0.0),
@@ -62,6 +63,14 @@ def test_the_cell_report_gives_each_arm_its_share_of_the_gaps_and_its_forgetting
     # From LoRA r8 all-linear (3.4) to full (3.0): XGBLoRA at 3.2 closes half; to full-blocks (3.1), two thirds.
     assert "| +0.50 |" in xgb and "| +0.67 |" in xgb and "| 4.500 |" in xgb
     assert "2.00x" in next(line for line in text.splitlines() if line.startswith("| full |"))
-    assert "the cell binds" in text  # 0.4 of a 0.5 span, far beyond twice the std
+    assert "| -0.200 +- 0.010 |" in xgb  # against LoRA r8 all-linear, seed by seed on the same split
+    assert "the bar is met" in text and "more than twice its std" in text  # 0.4 of a 0.5 span, far beyond the std
+    # Seeds that score other files: the rows' stds hold the split, and only the same-split gaps stay tight.
+    shifted = [dict(r, test_scores=[x + d for x, d in zip(r["test_scores"], (0.0, 0.3, -0.3))]) for r in rows]
+    for r in shifted:
+        mean = sum(r["test_scores"]) / 3
+        r.update(mean=mean, std=(sum((x - mean) ** 2 for x in r["test_scores"]) / 2) ** 0.5)
+    verdict = rank_cell_report.forgetting_section(shifted).splitlines()[-1]
+    assert "the bar is **not met**" in verdict and "more than twice its std" in verdict
     rank_cell_report.plot_learning_vs_forgetting({"grid": {"tiny-llama on python-code": rows}}, tmp_path)
     assert (tmp_path / "rank_cell.png").stat().st_size > 10_000
