@@ -86,6 +86,28 @@ def train(booster, data, lr: float = 1e-2, optimizer=None):
     return losses, opt
 
 
+def assert_resume_is_bit_exact(fresh, data, stop: int, path, at_stop=lambda booster: None):
+    """Train ``fresh()``'s (booster, optimizer) on ``data`` straight, and again stopped after ``stop`` steps, saved
+    to ``path`` (booster state and optimizer state) and resumed in a fresh pair: every base weight and live factor
+    must end bit-identical. ``at_stop`` checks the stopped booster before it is saved. Returns (stopped, resumed)."""
+    booster, optimizer = fresh()
+    train(booster, data, optimizer=optimizer)
+    straight = {s.name: [t.detach().clone() for t in (s.base_weight, s.A, s.B)] for s in booster.slots}
+    stopped, optimizer = fresh()
+    train(stopped, data[:stop], optimizer=optimizer)
+    at_stop(stopped)
+    stopped.save_state(path)
+    optimizer_state = optimizer.state_dict()
+    resumed, optimizer = fresh()
+    resumed.load_state(path)
+    optimizer.load_state_dict(optimizer_state)
+    train(resumed, data[stop:], optimizer=optimizer)
+    for slot in resumed.slots:
+        for mine, theirs in zip((slot.base_weight, slot.A, slot.B), straight[slot.name]):
+            assert torch.equal(mine.detach(), theirs), slot.name
+    return stopped, resumed
+
+
 def base_weights(booster) -> dict[str, torch.Tensor]:
     """Every target module's current base weight (a copy), by module name."""
     return {s.name: s.base_weight.detach().clone() for s in booster.slots}

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import batches, tiny_llama, train, train_args
+from conftest import assert_resume_is_bit_exact, batches, tiny_llama, train_args
 from peft import PeftModel
 
 from loraboost import BoostConfig, Booster
@@ -144,22 +144,10 @@ def test_a_checkpoint_inside_a_round_resumes_bit_for_bit_with_the_moments_kept(t
         booster = galore_booster(tiny_llama(hidden=32, layers=2))
         return booster, torch.optim.AdamW(booster.parameters(), lr=LR)
 
-    booster, optimizer = fresh()
-    train(booster, data, optimizer=optimizer)
-    straight = {s.name: [t.detach().clone() for t in (s.base_weight, s.A, s.B)] for s in booster.slots}
+    def sketching(booster):
+        assert booster.sketcher.armed  # round 1 is steps 3-5, and step 5 is its sketched one
 
-    booster, optimizer = fresh()
-    train(booster, data[:5], optimizer=optimizer)  # round 1 is steps 3-5, and step 5 is its sketched one
-    assert booster.sketcher.armed
-    booster.save_state(tmp_path / "state.safetensors")
-    optimizer_state = optimizer.state_dict()
-    resumed, optimizer = fresh()
-    resumed.load_state(tmp_path / "state.safetensors")
-    optimizer.load_state_dict(optimizer_state)
-    train(resumed, data[5:], optimizer=optimizer)
-    for slot in resumed.slots:
-        for mine, theirs in zip((slot.base_weight, slot.A, slot.B), straight[slot.name]):
-            assert torch.equal(mine.detach(), theirs), slot.name
+    assert_resume_is_bit_exact(fresh, data, 5, tmp_path / "state.safetensors", at_stop=sketching)
 
 
 def test_the_galore_arm_trains_exports_and_reproduces_its_model(tiny_model, reviews_csv, tmp_path):

@@ -5,7 +5,7 @@ and a checkpoint inside a sketched window resumes bit for bit."""
 
 import pytest
 import torch
-from conftest import MODELS, batches, tiny_llama, train
+from conftest import MODELS, assert_resume_is_bit_exact, batches, tiny_llama, train
 
 from loraboost import BoostConfig, Booster
 from loraboost.selection import starvation_limit, top_k_with_visits
@@ -215,23 +215,8 @@ def test_a_checkpoint_inside_a_sketched_window_resumes_bit_for_bit(tmp_path, ini
         booster = Booster(tiny_llama(), config)
         return booster, torch.optim.AdamW(booster.parameters(), lr=1e-2)
 
-    booster, opt = fresh()
-    train(booster, data, optimizer=opt)
-    straight = {
-        s.name: (s.base_weight.detach().clone(), s.A.detach().clone(), s.B.detach().clone()) for s in booster.slots
-    }
+    def sketching(booster):  # round 1 is steps 4-6; its sketch holds step 5 of 2
+        assert booster.sketcher.armed and all(s.batches == 1 for s in booster.sketcher.sketches.values())
 
-    booster, opt = fresh()
-    train(booster, data[:5], optimizer=opt)  # round 1 is steps 4-6; its sketch holds step 5 of 2
-    assert booster.sketcher.armed and all(s.batches == 1 for s in booster.sketcher.sketches.values())
-    booster.save_state(tmp_path / "state.safetensors")
-    optimizer_state = opt.state_dict()
-
-    resumed, opt = fresh()
-    resumed.load_state(tmp_path / "state.safetensors")
-    opt.load_state_dict(optimizer_state)
-    train(resumed, data[5:], optimizer=opt)
-    assert resumed.chosen_layers == booster.chosen_layers | resumed.chosen_layers
-    for slot in resumed.slots:
-        for mine, theirs in zip((slot.base_weight, slot.A, slot.B), straight[slot.name]):
-            assert torch.equal(mine.detach(), theirs), slot.name
+    stopped, resumed = assert_resume_is_bit_exact(fresh, data, 5, tmp_path / "state.safetensors", at_stop=sketching)
+    assert resumed.chosen_layers == stopped.chosen_layers | resumed.chosen_layers

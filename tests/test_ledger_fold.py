@@ -5,7 +5,7 @@ residual)."""
 
 import pytest
 import torch
-from conftest import batches, tiny_llama, train
+from conftest import assert_resume_is_bit_exact, batches, tiny_llama, train
 from peft import PeftModel
 
 from loraboost import BoostConfig, Booster
@@ -55,19 +55,7 @@ def test_a_run_resumed_after_folds_is_bit_identical(tmp_path, dtype):
         booster = Booster(tiny_llama(layers=2).to(dtype), config(fold=True, **extra))
         return booster, torch.optim.AdamW(booster.parameters(), lr=1e-2)
 
-    booster, optimizer = fresh()
-    train(booster, data, optimizer=optimizer)
-    straight = {s.name: [t.detach().clone() for t in (s.base_weight, s.A, s.B)] for s in booster.slots}
+    def folded(booster):
+        assert booster.ledger.folded  # the state holds folded modules
 
-    booster, optimizer = fresh()
-    train(booster, data[:7], optimizer=optimizer)
-    assert booster.ledger.folded  # the state holds folded modules
-    booster.save_state(tmp_path / "state.safetensors")
-    optimizer_state = optimizer.state_dict()
-    resumed, optimizer = fresh()
-    resumed.load_state(tmp_path / "state.safetensors")
-    optimizer.load_state_dict(optimizer_state)
-    train(resumed, data[7:], optimizer=optimizer)
-    for slot in resumed.slots:
-        for mine, theirs in zip((slot.base_weight, slot.A, slot.B), straight[slot.name]):
-            assert torch.equal(mine.detach(), theirs), slot.name
+    assert_resume_is_bit_exact(fresh, data, 7, tmp_path / "state.safetensors", at_stop=folded)

@@ -269,13 +269,11 @@ class Booster:
         self.ledger.load_state(meta["ledger"], tensors)
         slots = {s.name: s for s in self.slots}
         # Replay every merge in order with the same fp32 arithmetic as training: bit-identical weights.
-        for entry in self.ledger:
-            if entry.module in self.ledger.folded:
-                continue  # its merged weight was saved whole (below): the sum would not round as the merges did
+        for entry in self.ledger:  # a folded module has no entries left: its merged weight was saved whole
             slot = slots[entry.module]
             A, B = as_local_layout(entry.A, slot.A), as_local_layout(entry.B, slot.B)  # as during training
             self._apply_merge(slot, A, B, entry.scale, entry.round)
-        for name in self.ledger.folded:
+        for name in self.ledger.folded:  # replaying the sum would not round as the merges it replaced did
             slot = slots[name]
             slot.base_weight.copy_(as_local_layout(tensors[f"merged.{name}.weight"], slot.base_weight))
             if f"merged.{name}.residual" in tensors:

@@ -50,10 +50,12 @@ class Ledger:
             )
         entry = LedgerEntry(round_index, module, float(scale), _full_cpu(A), _full_cpu(B))
         self.entries.append(entry)
-        out_features, in_features = entry.B.shape[0], entry.A.shape[1]
+        if not self.fold_when_larger:
+            return
+        # Once folded, every later merge joins the sum at once: the module never holds more than its weight's bytes,
+        # and no entry of a folded module is ever left standing.
         factor_bytes = sum(e.A.nbytes + e.B.nbytes for e in self.entries if e.module == module)
-        # Once folded, every later merge joins the sum at once: the module never holds more than its weight's bytes.
-        if self.fold_when_larger and (module in self.folded or factor_bytes > 4 * out_features * in_features):
+        if module in self.folded or factor_bytes > 4 * entry.B.shape[0] * entry.A.shape[1]:
             self.fold(module)
 
     def fold(self, module: str) -> None:
