@@ -76,6 +76,22 @@ def test_yaml_options_and_flags_override_them(tiny_model, reviews_csv, tmp_path)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds_merged"] == 3
 
 
+def test_none_on_the_command_line_clears_a_preset_value(tmp_path):
+    from loraboost.cli import build_parser
+    from loraboost.flags import resolve
+
+    config = tmp_path / "run.yaml"
+    config.write_text("method: cola\nsteps_per_round: 3\nrounds: 2\n")
+    parse = build_parser().parse_args
+    # "none" sets the field to None over the preset (cola's 3 rounds) and the YAML file; a left-out flag does not.
+    _, arm = resolve(parse(["train", "--config", str(config), "--rounds", "none", "--layers-per-round", "None"]))
+    assert arm.boost["rounds"] is None and arm.boost["layers_per_round"] is None and arm.boost["steps_per_round"] == 3
+    _, arm = resolve(parse(["train", "--config", str(config)]))
+    assert arm.boost["rounds"] == 2
+    _, arm = resolve(parse(["train", "--method", "xgblora", "--rank", "2"]))
+    assert arm.boost == {"method": "xgblora", "rank": 2}
+
+
 def test_sft_on_prompt_response_pairs(tiny_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text(
@@ -288,10 +304,10 @@ def test_full_finetune_trains_every_weight_and_saves_a_plain_model(tiny_model, r
 def test_flags_are_read_by_their_fields_type_and_never_change_it():
     import argparse
 
-    from loraboost.flags import typed_parser
+    from loraboost.flags import EXPLICIT_NONE, typed_parser
 
     number, whole, text = typed_parser("float | None", "--lr"), typed_parser("int", "--rank"), typed_parser("str", "-")
-    assert number("5e-5") == 5e-5 and number("1.0e-3") == 1e-3 and number("3") == 3 and number("none") is None
+    assert number("5e-5") == 5e-5 and number("1.0e-3") == 1e-3 and number("3") == 3 and number("none") is EXPLICIT_NONE
     assert typed_parser("str | list[str] | None", "-")("q_proj,v_proj") == ["q_proj", "v_proj"]
     assert typed_parser("list[str] | None", "-")(" no, yes") == [" no", " yes"]  # words, not YAML booleans
     assert text("2024") == "2024" and text("Message: {text} Spam? Answer:") == "Message: {text} Spam? Answer:"

@@ -39,6 +39,29 @@ def field_help(cls) -> dict[str, str]:
     return {key: text.rstrip(".") for key, text in first.items()}
 
 
+class _ExplicitNone:
+    """A flag given as ``none``: unlike an absent flag (None), it sets an optional field to None over the
+    method's preset and the YAML file. Falsy, so code that asks only "was a value given?" skips it."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+EXPLICIT_NONE: Any = _ExplicitNone()
+
+
+def given_flags(args: argparse.Namespace, names=None) -> dict[str, Any]:
+    """The flags typed on the command line (those left out are None), each ``none`` read as None."""
+    return {
+        k: None if v is EXPLICIT_NONE else v
+        for k, v in vars(args).items()
+        if v is not None and (names is None or k in names)
+    }
+
+
 def typed_parser(annotation: str, flag: str):
     """How a flag's text becomes the value of a field declared ``annotation`` (e.g. ``int | None``): a whole
     number, a number, text kept exactly as typed, or a comma-separated list of text; ``none`` for an optional
@@ -49,7 +72,7 @@ def typed_parser(annotation: str, flag: str):
 
     def parse(text: str) -> Any:
         if optional and text.strip().lower() in ("none", "null"):
-            return None
+            return EXPLICIT_NONE
         if kinds <= {"int", "float"}:
             try:
                 return int(text)
@@ -108,7 +131,7 @@ def resolve_values(args: argparse.Namespace) -> tuple[RunOptions, dict[str, Any]
     if args.config:
         values.update(read_config(args.config))
     skip = ("command", "config", "methods", "seeds", "no_base", "run", "metrics_file", "verbose", "split")
-    values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
+    values.update({k: v for k, v in given_flags(args).items() if k not in skip})
     run_names = {f.name for f in dataclasses.fields(RunOptions)}
     boost_names = {f.name for f in dataclasses.fields(BoostConfig)} | {"full_finetune"}
     unknown = sorted(set(values) - run_names - boost_names)
@@ -167,9 +190,7 @@ OTHER_DATA_OPTIONS = (
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The data options given beside a finished run; any other run option is refused (the run fixes it)."""
-    given = {
-        k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in dataclasses.fields(RunOptions)}
-    }
+    given = given_flags(args, {f.name for f in dataclasses.fields(RunOptions)})
     fixed = sorted(set(given) - set(OTHER_DATA_OPTIONS))
     if fixed:
         flag = "--" + fixed[0].replace("_", "-")
