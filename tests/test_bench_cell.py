@@ -74,3 +74,58 @@ def test_the_cell_report_gives_each_arm_its_share_of_the_gaps_and_its_forgetting
     assert "the bar is **not met**" in verdict and "more than twice its std" in verdict
     rank_cell_report.plot_learning_vs_forgetting({"grid": {"tiny-llama on python-code": rows}}, tmp_path)
     assert (tmp_path / "rank_cell.png").stat().st_size > 10_000
+
+
+def test_every_screened_variant_keeps_lora_all_linear_live_parameters():
+    import cell_screen
+    import transformers
+
+    from loraboost import BoostConfig, Booster
+
+    def live_parameters(values: dict) -> int:
+        # The capacity cell's block shapes (width 128, MLP 352, 6 blocks) with a small vocabulary.
+        config = transformers.LlamaConfig(
+            vocab_size=64, hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=4
+        )
+        booster = Booster(transformers.LlamaForCausalLM(config), BoostConfig(**values, seed=0), total_steps=600)
+        return sum(p.numel() for s in booster.live_slots for p in (s.A, s.B) if p.requires_grad)
+
+    budget = live_parameters(ARMS["lora-all"].boost)
+    assert budget == 118_272  # what the grid's summary.json reports for lora-all on the cell
+    for name, (_, values, rates) in cell_screen.VARIANTS.items():
+        assert live_parameters(values) <= budget, name
+        assert rates and all(0 < lr < 1 for lr in rates), name
+
+
+def test_the_screen_table_puts_variants_beside_the_grid_rows(tmp_path):
+    import json
+
+    import cell_screen
+
+    quality = {
+        "grid": {
+            "tiny-llama on python-code": [
+                {"name": "lora-all", "seeds": [0, 1], "picked_lr": 0.01, "validation_by_lr": {"0.01": 3.7},
+                 "test_scores": [3.5, 3.9], "forget_scores": [4.7, 4.6], "live_trainable_parameters": 10},
+                {"name": "xgblora", "seeds": [0], "picked_lr": 0.01, "validation_by_lr": {}, "test_scores": [3.6],
+                 "forget_scores": [4.2], "live_trainable_parameters": 1},
+            ]
+        }
+    }  # fmt: skip
+    (tmp_path / "quality.json").write_text(json.dumps(quality))
+    references = cell_screen.references(tmp_path / "quality.json")
+    assert references == {
+        "lora-all": {
+            "learning_rate": 0.01,
+            "validation": 3.7,
+            "test": 3.5,
+            "forget": 4.7,
+            "live_trainable_parameters": 10,
+        }
+    }
+    run = {"metrics": {s: {"loss": 3.0} for s in ("validation", "test", "forget")}, "live_trainable_parameters": 9}
+    text = cell_screen.table(
+        {"references": references, "variants": {"v": {"0.003": {**run, "train_loss_by_100": [3.1]}}}}
+    )
+    assert "| lora-all (3-seed grid, seed 0) | 0.01 | 3.7000 | 3.5000 | 4.7000 | 10 | |" in text
+    assert "| v | 0.003 | 3.0000 | 3.0000 | 3.0000 | 9 | [3.1] |" in text
