@@ -9,6 +9,7 @@ repetitions so that machine noise hits them alike, and reports step times as rat
   with BoostCallback;
 - ``xgblora-grad``: XGBLoRA with gradient-boosted rounds (``round_init`` and ``layer_selection`` "gradient"):
   the same step as ``xgblora`` except in the sketched steps at a round's end, timed apart (below);
+- ``xgblora-grad-bf16``: the same with the sketch's captured layer inputs held in bf16 (``sketch_input_dtype``);
 - ``peft-lora-r1-all``: plain PEFT LoRA r=1 (alpha 2) on every linear layer of every block, XGBLoRA's
   matched baseline in the quality benchmark: what rank-1 adapters cost when all blocks train at once;
 - ``floor``: the limit any adapter method could reach: the model's forward pass plus the backward pass
@@ -23,7 +24,7 @@ arm, its peak mark reset once the model is loaded; `--memory-only` measures just
 
     python bench/speed.py [--model default] [--steps 10] [--repeats 3] [--batch 8] [--length 64]
     python bench/speed.py --profile xgblora      # where an arm's step time goes (torch.profiler)
-    python bench/speed.py --memory-only          # only the peak memory per arm
+    python bench/speed.py --memory-only          # only the peak memory per arm (--arms: some of them)
 
 Writes bench/results/speed.json and prints a Markdown table.
 """
@@ -47,9 +48,11 @@ from review_text import review_token_rows
 from loraboost import BoostCallback, BoostConfig, Booster
 from loraboost.arms import ARMS as LIBRARY_ARMS
 
-ARMS = ("peft-lora", "lora", "xgblora", "xgblora-grad", "cola", "peft-lora-r1-all", "floor")
+ARMS = ("peft-lora", "lora", "xgblora", "xgblora-grad", "xgblora-grad-bf16", "cola", "peft-lora-r1-all", "floor")
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
 GRADIENT_ROUNDS = LIBRARY_ARMS["xgblora-grad"].boost  # the library's catalogue holds every booster arm's config
+# Gradient rounds whose sketch holds the captured layer inputs in bf16 (issue 33: the sketch's peak memory).
+BOOSTS = {"xgblora-grad-bf16": dict(GRADIENT_ROUNDS, sketch_input_dtype="bfloat16")}
 GRADIENT_GOAL = 0.02  # extra training time of gradient rounds over a run at the default kappa (issue 19)
 
 
@@ -103,7 +106,7 @@ def build(arm: str, model_dir: Path, boost: BoostConfig | None = None):
             r=1, lora_alpha=2, target_modules=["q_proj"], layers_to_transform=[0], lora_dropout=0.0
         )
         return peft.get_peft_model(model, config), None
-    booster = Booster(model, boost or BoostConfig(**LIBRARY_ARMS[arm].boost))
+    booster = Booster(model, boost or BoostConfig(**BOOSTS.get(arm) or LIBRARY_ARMS[arm].boost))
     return booster.model, booster
 
 
@@ -321,6 +324,12 @@ def main() -> None:
     )
     parser.add_argument("--profile", choices=ARMS, nargs="+", help="profile these arms instead of the comparison")
     parser.add_argument("--memory-only", action="store_true", help="only each arm's peak memory while training")
+    parser.add_argument(
+        "--arms",
+        type=lambda text: text.split(","),
+        default=list(ARMS),
+        help="--memory-only: these arms (comma-separated)",
+    )
     parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
     parser.add_argument("--out", default="bench/results/speed.json")
     args = parser.parse_args()
@@ -343,7 +352,10 @@ def main() -> None:
         print(peak_rss())
         return
     if args.memory_only:
-        for arm in ARMS:
+        unknown = sorted(set(args.arms) - set(ARMS))
+        if unknown:
+            parser.error(f"--arms {unknown[0]!r} is not an arm; use some of {', '.join(ARMS)}.")
+        for arm in args.arms:
             print(f"| {arm} | {peak_memory(arm, args) / 2**30:.3f} GiB |")
         return
     if args.profile:

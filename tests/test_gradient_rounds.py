@@ -78,6 +78,29 @@ def test_round_zero_starts_on_the_true_gradient_direction(arch):
     assert not opt.state  # the dropped step's optimizer state goes with it
 
 
+def test_inputs_held_in_bf16_start_on_the_true_direction_and_a_shared_input_is_held_once():
+    batch = batches("llama", 1, size=1, length=3)[0]
+    true = true_weight_gradients("llama", batch)
+    config = dict(method="xgblora", layers_per_round=None, round_init="gradient", target_modules="all-linear")
+    held = {}
+    for dtype in ("float32", "bfloat16"):
+        booster = Booster(MODELS["llama"](), BoostConfig(**config, sketch_input_dtype=dtype))
+        hold, held[dtype] = booster.sketcher._hold, []
+        booster.sketcher._hold = lambda given, hold=hold, calls=held[dtype]: calls.append(hold(given)) or calls[-1]
+        booster.model(**batch).loss.backward()  # round 0's sketched step: its inputs are held until its backward
+        assert not booster.sketcher._held  # nothing outlives the backward
+        booster.step(torch.optim.AdamW(booster.parameters(), lr=1e-2))
+        for slot in booster.slots:
+            top = torch.linalg.svd(true[slot.name].double())[2][0]
+            A = slot.A.detach().double()[0]
+            assert abs(float(A @ top)) / float(A.norm()) > (1 - 1e-4 if dtype == "float32" else 0.99), slot.name
+    # Per block q/k/v read one input and gate/up another: 7 modules hold 4 tensors, in the dtype asked for.
+    blocks = len(MODELS["llama"]().model.layers)
+    for dtype, calls in held.items():
+        assert len(calls) == 7 * blocks and len({id(x) for x in calls}) == 4 * blocks
+        assert {x.dtype for x in calls} == {getattr(torch, dtype)}
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
 def test_a_gradient_step_start_is_one_rank_r_descent_step_along_the_true_gradient(arch):
     # 3 tokens: the gradient has rank <= 3, which the sketch (k = 6) recovers exactly.

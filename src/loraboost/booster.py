@@ -151,6 +151,7 @@ class Booster:
                 embeddings,
                 cfg.rank,
                 cfg.sketch_oversample,
+                getattr(torch, cfg.sketch_input_dtype),
             )
         self._initialise(self.slots, round_index=0)
         self._activate(self.layers_of(0))

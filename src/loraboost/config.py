@@ -57,6 +57,7 @@ MERGE_RESIDUALS = ("auto", "residual", "always", "never", "stochastic")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
 ROUND_INITS = ("random", "gradient", "gradient-step")
 LAYER_SELECTIONS = ("random", "gradient", "gradient-topk")
+SKETCH_INPUT_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -126,6 +127,10 @@ class BoostConfig:
             2k + 1 rows of its co-range, (k out + (2k + 1) in) numbers per module. The larger p, the closer its top
             directions are to the exact SVD's (exact once k >= min(out, in); bench/sketch_accuracy.py measures how
             close: at rank 1 and p = 4 they hold 41-74% of the top direction's energy on the capacity cell).
+        sketch_input_dtype: what the sketch holds each captured layer input in until its backward has run:
+            ``float32`` (a reference to the input itself: exact) or ``bfloat16`` (a copy at half an fp32 input's
+            bytes, for the inputs no backward keeps anyway, such as the MLP's down projection's: the directions
+            then carry bf16's 3 significant digits). An input that several modules read is held once either way.
         fold_ledger: once a module's merged factors take more bytes than its fp32 weight (after T rounds of rank r,
             when T r > out in / (out + in)), replace them in the ledger by their sum, so the ledger never holds more
             than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged
@@ -159,6 +164,7 @@ class BoostConfig:
     gradient_step_gamma: float = 64.0
     sketch_steps: int = 1
     sketch_oversample: int = 4
+    sketch_input_dtype: str = "float32"
     fold_ledger: bool = False
     seed: int = 0
 
@@ -241,6 +247,7 @@ class BoostConfig:
         _check_number(self.gradient_step_gamma, "gradient_step_gamma", lambda v: v > 0, "a positive number")
         _check_int(self.sketch_steps, "sketch_steps", minimum=1)
         _check_int(self.sketch_oversample, "sketch_oversample", minimum=0)
+        _check_choice(self.sketch_input_dtype, "sketch_input_dtype", SKETCH_INPUT_DTYPES)
         if self.round_init == "gradient-step" and self.frozen_factor != "none":
             raise ValueError(
                 f"round_init='gradient-step' sets both factors for one descent step, but "

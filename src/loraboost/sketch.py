@@ -5,12 +5,14 @@ For a linear layer y = W x the weight's gradient is G = sum over tokens of delta
 the output). It is never formed: hooks on the base layers fold every captured micro-batch into two small
 random sketches, Y = G Omega (out x k) and Z = Psi G (l x in), from which a single-pass randomized SVD
 (Tropp, Yurtsever, Udell and Cevher 2017) recovers G's top singular pairs; exact when G has rank <= k.
-Memory: k * out + l * in numbers per module, and each captured layer input until its backward has run.
+Memory: k * out + l * in numbers per module, and each captured layer input until its backward has run (once per
+input that several modules read, in fp32 or, to halve it, in bf16).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -68,6 +70,8 @@ class GradientSketcher:
         embeddings: the model's input embeddings, or None when it has none (then only the blocks the
             backward reaches anyway are sketched).
         oversample: k = rank + oversample columns in Y (at most min(out, in)); l = 2k + 1 rows in Z.
+        input_dtype: what a captured layer input is held in until its backward (float32 keeps a reference to it,
+            no copy; bfloat16 keeps a copy of half an fp32 input's size: the sketch's directions to bf16's precision).
     """
 
     def __init__(
@@ -77,12 +81,16 @@ class GradientSketcher:
         embeddings: nn.Module | None,
         rank: int,
         oversample: int = 4,
+        input_dtype: torch.dtype = torch.float32,
     ):
         self.layers = dict(layers)
         self.shapes = shapes
         self.embeddings = embeddings
         self.k = rank + oversample  # per module at most min(out, in), where the sketch is already exact
+        self.input_dtype = input_dtype
         self.sketches: dict[str, ModuleSketch] = {}
+        # id(input) -> (a weak reference to it, what is held of it): q/k/v and gate/up read one input, held once.
+        self._held: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
         self._handles: list = []  # hooks exist only while armed: outside a window a forward pays nothing
 
     @property
@@ -115,6 +123,7 @@ class GradientSketcher:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._held = {}
 
     def all_reduce(self) -> None:
         """Sum the sketches over data-parallel ranks (small tensors, never a full gradient)."""
@@ -137,12 +146,22 @@ class GradientSketcher:
             return output.detach().requires_grad_(True)
         return output
 
-    @staticmethod
-    def _capture(sketch: ModuleSketch):
+    def _hold(self, given: torch.Tensor) -> torch.Tensor:
+        """A layer input as the sketch holds it until its backward: flat, in ``input_dtype``, and one tensor for
+        every module that reads this input (the weak reference tells a live input from a new one at its address)."""
+        key = id(given)
+        held = self._held.get(key)
+        if held is not None and held[0]() is given:
+            return held[1]
+        x = given.detach().reshape(-1, given.shape[-1]).to(self.input_dtype)
+        self._held[key] = (weakref.ref(given, lambda _: self._held.pop(key, None)), x)
+        return x
+
+    def _capture(self, sketch: ModuleSketch):
         def hook(module, args, output):
             if not (module.training and torch.is_grad_enabled() and torch.is_tensor(output) and output.requires_grad):
                 return
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            x = self._hold(args[0])
             output.register_hook(lambda delta: sketch.fold(x, delta.detach().reshape(-1, delta.shape[-1])))
 
         return hook
