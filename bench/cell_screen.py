@@ -148,8 +148,9 @@ def main() -> None:
     if not (CAPACITY_CELL / "base").exists():
         parser.error(f"the capacity cell is not built in {CAPACITY_CELL}; run python bench/capacity_cell.py first.")
     out = Path(args.output)
+    # The report covers every variant that has finished runs, whichever ones this command trains.
+    folders = {(name, lr): out / name / f"lr{lr:g}-seed0" for name, (_, _, rates) in VARIANTS.items() for lr in rates}
     jobs = [(name, lr) for name in names for lr in VARIANTS[name][2]]
-    folders = {job: out / job[0] / f"lr{job[1]:g}-seed0" for job in jobs}
     if not args.report_only:
         context = multiprocessing.get_context("spawn")  # a fork of a process that ran OpenMP kernels can hang
         threads = max(1, (torch.get_num_threads() or 1) // args.jobs)

@@ -298,6 +298,11 @@ def profile(arm: str, model_dir: Path, batches, batch: int, steps: int = 5) -> N
     print(events.table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total", row_limit=25))
 
 
+def write_json(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -307,7 +312,9 @@ def main() -> None:
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' dtype (bf16 also autocasts)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per arm and repetition")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions; arms are interleaved within each")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repetitions; arms are interleaved within each (--memory-only too)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument(
@@ -330,7 +337,7 @@ def main() -> None:
         default=list(ARMS),
         help="--memory-only: these arms (comma-separated)",
     )
-    parser.add_argument("--memory-of", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one arm's peak memory
     parser.add_argument("--out", default="bench/results/speed.json")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -352,11 +359,35 @@ def main() -> None:
         print(peak_rss())
         return
     if args.memory_only:
-        unknown = sorted(set(args.arms) - set(ARMS))
+        known = [*ARMS, *(name for name, arm in LIBRARY_ARMS.items() if arm.boost and name not in ARMS)]
+        unknown = sorted(set(args.arms) - set(known))
         if unknown:
-            parser.error(f"--arms {unknown[0]!r} is not an arm; use some of {', '.join(ARMS)}.")
-        for arm in args.arms:
-            print(f"| {arm} | {peak_memory(arm, args) / 2**30:.3f} GiB |")
+            parser.error(f"--arms {unknown[0]!r} is not an arm; use some of {', '.join(known)}.")
+        # Peak RSS varies by tens of MB from one fresh process to the next: repeat, interleaved, and take medians.
+        repeats = {arm: [] for arm in args.arms}
+        for repeat in range(args.repeats):
+            for arm in args.arms if repeat % 2 == 0 else reversed(args.arms):
+                repeats[arm].append(peak_memory(arm, args))
+                print(f"| {arm} | {repeats[arm][-1] / 2**30:.3f} GiB |", flush=True)
+        peaks = {arm: statistics.median(values) for arm, values in repeats.items()}
+        write_json(
+            Path(args.out),
+            {
+                "date": datetime.date.today().isoformat(),
+                "command": "python bench/speed.py " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
+                "model": str(model_dir),
+                "batch": [args.batch, args.length],
+                "memory_kind": "peak RSS while training (a fresh process per arm and repeat, 3 steps; median)",
+                "peak_memory_bytes": peaks,
+                "peak_memory_bytes_by_repeat": repeats,
+                **(
+                    {"over_peft_lora": {a: b / peaks["peft-lora"] for a, b in peaks.items()}}
+                    if "peft-lora" in peaks
+                    else {}
+                ),
+            },
+        )
         return
     if args.profile:
         for arm in args.profile:
@@ -439,9 +470,7 @@ def main() -> None:
         },
         "gradient_rounds": gradient,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(Path(args.out), result)
     print(
         "| arm | median step | vs PEFT LoRA (per repetition) | goal | vs floor | "
         f"{memory_kind} | memory vs PEFT LoRA |\n"
@@ -467,7 +496,7 @@ def main() -> None:
         f"{g['share_of_training_at_default_kappa']:+.3%} of training time (goal <= {GRADIENT_GOAL:.0%}: "
         f"{'met' if g['meets_goal'] else 'missed'})."
     )
-    print(f"results: {out}")
+    print(f"results: {args.out}")
 
 
 if __name__ == "__main__":

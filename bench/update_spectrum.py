@@ -1,0 +1,119 @@
+"""Update spectrum: how many directions each arm's weight change uses on the capacity cell, module by module.
+
+A chain of rank-r boosters can add r new directions per round, so after T rounds its update may have rank T r;
+whether it does is a measurement. For each finished run this loads the final weights (a booster run: the base
+with its exported PEFT adapter merged by PEFT; a full or peer run: its saved model), takes every block linear
+weight's change dW = W_final - W_base, and reports from dW's singular values s_1 >= s_2 >= ...:
+
+- the share of dW's energy (sum of s_i^2) in its top 8 directions (LoRA r8's whole budget);
+- the directions that hold 90% of its energy;
+- its stable rank, sum s_i^2 / s_1^2;
+- its size, the Frobenius norm sqrt(sum s_i^2).
+
+    python bench/update_spectrum.py RUN [RUN ...] --output bench/cpu-runs/<date>/update_spectrum.json
+
+Each run is labelled by its folder's parent (the arm) and name (the LR and seed), as bench/quality.py lays them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import transformers
+
+from loraboost.run import saved_run
+from loraboost.run_folder import FINISHED, FULL_MODEL
+
+KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def final_weights(run: Path, base: str) -> dict[str, torch.Tensor]:
+    """Every block linear weight of the run's final model, by module name."""
+    if (run / FULL_MODEL).exists():
+        model = transformers.AutoModelForCausalLM.from_pretrained(run / FULL_MODEL, dtype=torch.float32)
+    else:
+        import peft
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = peft.PeftModel.from_pretrained(model, run / "adapter").merge_and_unload()
+    return block_weights(model)
+
+
+def block_weights(model) -> dict[str, torch.Tensor]:
+    return {
+        name: module.weight.detach().double()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in KINDS
+    }
+
+
+def spectrum(delta: torch.Tensor) -> dict[str, float]:
+    """dW's energy in its top 8 directions, the directions holding 90% of it, its stable rank and its norm."""
+    s = torch.linalg.svdvals(delta)
+    energy = s.square()
+    total = float(energy.sum())
+    if total == 0:
+        return {"top8_energy": 0.0, "rank_90": 0, "stable_rank": 0.0, "norm": 0.0}
+    cumulative = energy.cumsum(0) / total
+    return {
+        "top8_energy": float(cumulative[min(7, len(s) - 1)]),
+        "rank_90": int((cumulative < 0.9).sum()) + 1,
+        "stable_rank": total / float(energy[0]),
+        "norm": total**0.5,
+    }
+
+
+def measure(run: Path) -> dict:
+    options, _, _ = saved_run(run)
+    base = block_weights(transformers.AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32))
+    final = final_weights(run, options.model)
+    modules = {name: spectrum(final[name] - weight) for name, weight in base.items()}
+    by_kind = {}
+    for kind in KINDS:
+        rows = [m for name, m in modules.items() if name.endswith(kind)]
+        if rows:
+            by_kind[kind] = {key: statistics.fmean(r[key] for r in rows) for key in rows[0]}
+    summary = json.loads((run / FINISHED).read_text())
+    return {
+        "arm": run.parent.name,  # the grid's row name (a screened variant's too), not the arm it trains as
+        "run": run.name,
+        "learning_rate": options.learning_rate,
+        "rounds_merged": summary.get("rounds_merged", 0),
+        "test_loss": summary["metrics"]["test"]["loss"],
+        "by_kind": by_kind,
+        "all_modules": {
+            key: statistics.fmean(m[key] for m in modules.values()) for key in next(iter(modules.values()))
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="finished run folders")
+    parser.add_argument("--output", default="bench/results/update_spectrum.json")
+    args = parser.parse_args()
+    for run in args.runs:
+        if not (Path(run) / FINISHED).exists():
+            parser.error(f"{run!r} is not a finished run (no {FINISHED}).")
+    results = [measure(Path(run)) for run in args.runs]
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"command": "python bench/update_spectrum.py " + " ".join(args.runs), "runs": results}, indent=1)
+    )
+    print("| arm | run | rounds | test loss | top-8 energy | rank for 90% | stable rank | norm |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        a = r["all_modules"]
+        print(
+            f"| {r['arm']} | {r['run']} | {r['rounds_merged']} | {r['test_loss']:.4f} | {a['top8_energy']:.3f} | "
+            f"{a['rank_90']:.1f} | {a['stable_rank']:.2f} | {a['norm']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
