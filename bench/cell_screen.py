@@ -57,6 +57,32 @@ VARIANTS = {
         dict(ALL_LINEAR, rounds=None, steps_per_round=5, round_init="gradient-step", fold_ledger=True),
         (3e-3,),
     ),
+    # The same with a 4x and 2x larger first step (LoRA-One's gamma 16, 32 instead of 64): bench/update_spectrum.py
+    # finds gstep-r8-k1's update spread over 23 directions but only a fifth of LoRA's size.
+    "gstep-r8-k1-g16": (
+        "gstep-r8-k1 with gamma 16",
+        dict(
+            ALL_LINEAR,
+            rounds=None,
+            steps_per_round=1,
+            round_init="gradient-step",
+            gradient_step_gamma=16.0,
+            fold_ledger=True,
+        ),
+        (3e-3,),
+    ),  # fmt: skip
+    "gstep-r8-k1-g32": (
+        "gstep-r8-k1 with gamma 32",
+        dict(
+            ALL_LINEAR,
+            rounds=None,
+            steps_per_round=1,
+            round_init="gradient-step",
+            gradient_step_gamma=32.0,
+            fold_ledger=True,
+        ),
+        (3e-3,),
+    ),  # fmt: skip
     # LoRA r8 all-linear merged and restarted from the gradient every 50 steps (the catalogue's boost-grad-r8-k50),
     # with Adam's moments carried across each merge instead of reset: the new booster's top directions are
     # sorted like the last one's, so its moments start from the last round's scale instead of from zero.

@@ -129,3 +129,20 @@ def test_the_screen_table_puts_variants_beside_the_grid_rows(tmp_path):
     )
     assert "| lora-all (3-seed grid, seed 0) | 0.01 | 3.7000 | 3.5000 | 4.7000 | 10 | |" in text
     assert "| v | 0.003 | 3.0000 | 3.0000 | 3.0000 | 9 | [3.1] |" in text
+
+
+def test_the_update_spectrum_counts_the_directions_a_weight_change_uses():
+    import torch
+    import update_spectrum
+
+    # A change along 10 orthogonal directions with singular values 10, 9, ..., 1.
+    u, _ = torch.linalg.qr(torch.randn(40, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    v, _ = torch.linalg.qr(torch.randn(30, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    s = torch.arange(10, 0, -1, dtype=torch.float64)
+    found = update_spectrum.spectrum(u @ torch.diag(s) @ v.T)
+    energy = s.square()
+    assert abs(found["top8_energy"] - float(energy[:8].sum() / energy.sum())) < 1e-9
+    assert found["rank_90"] == 6  # 355 / 385 = 0.92 of the energy in the top 6; 330 / 385 = 0.86 in 5
+    assert abs(found["stable_rank"] - float(energy.sum() / 100)) < 1e-9
+    assert abs(found["norm"] - float(energy.sum().sqrt())) < 1e-9
+    assert update_spectrum.spectrum(torch.zeros(4, 3, dtype=torch.float64))["rank_90"] == 0
