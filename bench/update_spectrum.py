@@ -8,7 +8,10 @@ weight's change dW = W_final - W_base, and reports from dW's singular values s_1
 - the share of dW's energy (sum of s_i^2) in its top 8 directions (LoRA r8's whole budget);
 - the directions that hold 90% of its energy;
 - its stable rank, sum s_i^2 / s_1^2;
-- its size, the Frobenius norm sqrt(sum s_i^2).
+- its size, the Frobenius norm sqrt(sum s_i^2);
+- for a chain, how straight its rounds add up: |sum_t U_t| / sum_t |U_t| over the merged rounds' updates U_t of a
+  weight (Frobenius norms; 1 when every round moves the same way, 1 / sqrt(T) when T equal rounds are orthogonal,
+  as a random walk's steps are), read from the ledger in the run's booster state.
 
     python bench/update_spectrum.py RUN [RUN ...] --output bench/cpu-runs/<date>/update_spectrum.json
 
@@ -26,7 +29,7 @@ import torch
 import transformers
 
 from loraboost.run import saved_run
-from loraboost.run_folder import FINISHED, FULL_MODEL
+from loraboost.run_folder import FINISHED, FULL_MODEL, STATE
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -67,6 +70,31 @@ def spectrum(delta: torch.Tensor) -> dict[str, float]:
     }
 
 
+def round_straightness(run: Path) -> dict[str, float] | None:
+    """Mean over weights with 2+ merged rounds of |sum U_t| / sum |U_t|, the rounds per weight and the mean
+    |U_t|, from the ledger (a folded weight's rounds are summed already and left out); None without 2+ rounds."""
+    from safetensors import safe_open
+
+    if not (run / STATE).exists():
+        return None
+    with safe_open(str(run / STATE), "pt") as f:
+        records = json.loads(f.metadata()["loraboost"])["ledger"]
+        updates: dict[str, list[torch.Tensor]] = {}
+        for i, record in enumerate(records):
+            if "round" in record:  # a merged round (a folded module's record carries folded_rounds instead)
+                A, B = f.get_tensor(f"ledger.{i}.A").double(), f.get_tensor(f"ledger.{i}.B").double()
+                updates.setdefault(record["module"], []).append(record["scale"] * (B @ A))
+    chains = [u for u in updates.values() if len(u) >= 2]
+    if not chains:
+        return None
+    straight = [float(sum(u).norm() / sum(x.norm() for x in u)) for u in chains]
+    return {
+        "straightness": statistics.fmean(straight),
+        "rounds_per_weight": statistics.fmean(len(u) for u in chains),
+        "round_norm": statistics.fmean(float(x.norm()) for u in chains for x in u),
+    }
+
+
 def measure(run: Path) -> dict:
     options, _, _ = saved_run(run)
     base = block_weights(transformers.AutoModelForCausalLM.from_pretrained(options.model, dtype=torch.float32))
@@ -88,7 +116,14 @@ def measure(run: Path) -> dict:
         "all_modules": {
             key: statistics.fmean(m[key] for m in modules.values()) for key in next(iter(modules.values()))
         },
+        "rounds": round_straightness(run),
     }
+
+
+def straightness(rounds: dict | None) -> str:
+    if rounds is None:
+        return "-"
+    return f"{rounds['straightness']:.2f} ({rounds['rounds_per_weight']:.1f} rounds of {rounds['round_norm']:.2f})"
 
 
 def main() -> None:
@@ -105,13 +140,13 @@ def main() -> None:
     out.write_text(
         json.dumps({"command": "python bench/update_spectrum.py " + " ".join(args.runs), "runs": results}, indent=1)
     )
-    print("| arm | run | rounds | test loss | top-8 energy | rank for 90% | stable rank | norm |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| arm | run | rounds | test loss | top-8 energy | rank for 90% | stable rank | norm | straightness |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         a = r["all_modules"]
         print(
             f"| {r['arm']} | {r['run']} | {r['rounds_merged']} | {r['test_loss']:.4f} | {a['top8_energy']:.3f} | "
-            f"{a['rank_90']:.1f} | {a['stable_rank']:.2f} | {a['norm']:.3f} |"
+            f"{a['rank_90']:.1f} | {a['stable_rank']:.2f} | {a['norm']:.3f} | {straightness(r['rounds'])} |"
         )
 
 
