@@ -127,10 +127,8 @@ class BoostConfig:
             2k + 1 rows of its co-range, (k out + (2k + 1) in) numbers per module. The larger p, the closer its top
             directions are to the exact SVD's (exact once k >= min(out, in); bench/sketch_accuracy.py measures how
             close: at rank 1 and p = 4 they hold 41-74% of the top direction's energy on the capacity cell).
-        sketch_input_dtype: what the sketch holds each captured layer input in until its backward has run:
-            ``float32`` (a reference to the input itself: exact) or ``bfloat16`` (a copy at half an fp32 input's
-            bytes, for the inputs no backward keeps anyway, such as the MLP's down projection's: the directions
-            then carry bf16's 3 significant digits). An input that several modules read is held once either way.
+        sketch_input_dtype: what the sketch holds a captured layer input in until its backward: ``float32`` (the
+            input itself, exact) or ``bfloat16`` (a copy at half its fp32 bytes; directions to bf16's precision).
         fold_ledger: once a module's merged factors take more bytes than its fp32 weight (after T rounds of rank r,
             when T r > out in / (out + in)), replace them in the ledger by their sum, so the ledger never holds more
             than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged
@@ -206,10 +204,9 @@ class BoostConfig:
                 f"layers_pattern={self.layers_pattern!r} is not valid; use the name of the ModuleList "
                 "that holds the blocks (e.g. 'layers' or 'h') or None."
             )
-        if self.rounds is not None:
-            _check_int(self.rounds, "rounds", minimum=1)
-        if self.steps_per_round is not None:
-            _check_int(self.steps_per_round, "steps_per_round", minimum=1)
+        for name in ("rounds", "steps_per_round"):  # None: derived from the other
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, minimum=1)
         if self.rounds is None and self.steps_per_round is None:
             raise ValueError(
                 "rounds=None and steps_per_round=None leave the round length undefined; set rounds "
