@@ -120,6 +120,31 @@ def measure(run: Path) -> dict:
     }
 
 
+def plot(results: list[dict], path: Path) -> None:
+    """Each run as a point: how many directions its weight change uses against how far it moves, coloured by loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    x = [r["all_modules"]["rank_90"] for r in results]
+    y = [r["all_modules"]["norm"] for r in results]
+    points = ax.scatter(x, y, c=[r["test_loss"] for r in results], cmap="viridis_r", s=60)
+    # Numbers beside the points and the names in a key: the chains' points sit too close for names to fit.
+    for i, (xi, yi) in enumerate(zip(x, y), start=1):
+        ax.annotate(str(i), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    key = "\n".join(f"{i}  {r['arm']}" for i, r in enumerate(results, start=1))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", fontsize=8, family="monospace")
+    fig.colorbar(points, label="held-out loss (lower is better)", location="left", pad=0.12)
+    ax.set_xlabel("directions holding 90% of the weight change's energy (mean over weights)")
+    ax.set_ylabel("size of the weight change (Frobenius, mean)")
+    ax.set_title("How wide and how far each run moved the blocks' weights")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def straightness(rounds: dict | None) -> str:
     if rounds is None:
         return "-"
@@ -137,6 +162,7 @@ def main() -> None:
     results = [measure(Path(run)) for run in args.runs]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    plot(results, out.with_suffix(".png"))
     out.write_text(
         json.dumps({"command": "python bench/update_spectrum.py " + " ".join(args.runs), "runs": results}, indent=1)
     )
