@@ -96,6 +96,22 @@ VARIANTS = {
         dict(ALL_LINEAR, rounds=None, steps_per_round=150, round_init="gradient", optimizer_reset="keep"),
         (1e-2,),
     ),
+    # The boosters that are GaLore (arms._galore_boost) at the largest rank within LoRA r8 all-linear's live
+    # parameters: only the longer side's factor trains, 12 x 1,568 per block against LoRA r8's 8 x 2,464.
+    "galore-boost-r12": (
+        "boosters as GaLore r12 (200-step rounds, moments kept)",
+        dict(
+            ALL_LINEAR,
+            rank=12,
+            alpha=0.25 * 12,
+            rounds=None,
+            steps_per_round=200,
+            frozen_factor="shorter",
+            round_init="gradient",
+            optimizer_reset="keep",
+        ),
+        (1e-2, 3e-2),
+    ),  # fmt: skip
 }
 REFERENCES = ("base", "lora-all", "full-blocks", "apollo-mini-blocks", "galore-r32-blocks")
 
