@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from quality_plan import CAPACITY_CELL, SIZES, cell_options
 
-from loraboost.arms import ARMS
+from loraboost.arms import ARMS, _galore_boost
 from loraboost.run import train
 from loraboost.run_folder import FINISHED
 
 ALL_LINEAR = dict(method="lora", target_modules="all-linear")
+ONE_STEP = dict(ALL_LINEAR, rounds=None, round_init="gradient-step", fold_ledger=True)
 # name -> (what it is, its BoostConfig values, the rates screened)
 VARIANTS = {
     # Fewer blocks per round at a higher rank, within the same live parameters: one block of six per round at
@@ -49,40 +50,24 @@ VARIANTS = {
     # sketched gradient, so the merged update gains 8 new directions per round (600 rounds: up to full rank).
     "gstep-r8-k1": (
         "r8 all-linear, 1-step rounds from a one-descent-step start",
-        dict(ALL_LINEAR, rounds=None, steps_per_round=1, round_init="gradient-step", fold_ledger=True),
+        dict(ONE_STEP, steps_per_round=1),
         (3e-3,),
     ),
     "gstep-r8-k5": (
         "r8 all-linear, 5-step rounds from a one-descent-step start",
-        dict(ALL_LINEAR, rounds=None, steps_per_round=5, round_init="gradient-step", fold_ledger=True),
+        dict(ONE_STEP, steps_per_round=5),
         (3e-3,),
     ),
     # The same with a 4x and 2x larger first step (LoRA-One's gamma 16, 32 instead of 64): bench/update_spectrum.py
     # finds gstep-r8-k1's update spread over 23 directions but only a fifth of LoRA's size.
-    "gstep-r8-k1-g16": (
-        "gstep-r8-k1 with gamma 16",
-        dict(
-            ALL_LINEAR,
-            rounds=None,
-            steps_per_round=1,
-            round_init="gradient-step",
-            gradient_step_gamma=16.0,
-            fold_ledger=True,
-        ),
-        (3e-3,),
-    ),  # fmt: skip
-    "gstep-r8-k1-g32": (
-        "gstep-r8-k1 with gamma 32",
-        dict(
-            ALL_LINEAR,
-            rounds=None,
-            steps_per_round=1,
-            round_init="gradient-step",
-            gradient_step_gamma=32.0,
-            fold_ledger=True,
-        ),
-        (3e-3,),
-    ),  # fmt: skip
+    **{
+        f"gstep-r8-k1-g{gamma}": (
+            f"gstep-r8-k1 with gamma {gamma}",
+            dict(ONE_STEP, steps_per_round=1, gradient_step_gamma=float(gamma)),
+            (3e-3,),
+        )
+        for gamma in (16, 32)
+    },
     # LoRA r8 all-linear merged and restarted from the gradient every 50 steps (the catalogue's boost-grad-r8-k50),
     # with Adam's moments carried across each merge instead of reset: the new booster's top directions are
     # sorted like the last one's, so its moments start from the last round's scale instead of from zero.
@@ -100,18 +85,9 @@ VARIANTS = {
     # parameters: only the longer side's factor trains, 12 x 1,568 per block against LoRA r8's 8 x 2,464.
     "galore-boost-r12": (
         "boosters as GaLore r12 (200-step rounds, moments kept)",
-        dict(
-            ALL_LINEAR,
-            rank=12,
-            alpha=0.25 * 12,
-            rounds=None,
-            steps_per_round=200,
-            frozen_factor="shorter",
-            round_init="gradient",
-            optimizer_reset="keep",
-        ),
+        _galore_boost("galore-boost-r12", "", rank=12).boost,
         (1e-2, 3e-2),
-    ),  # fmt: skip
+    ),
 }
 REFERENCES = ("base", "lora-all", "full-blocks", "apollo-mini-blocks", "galore-r32-blocks")
 

@@ -101,6 +101,15 @@ def test_inputs_held_in_bf16_start_on_the_true_direction_and_a_shared_input_is_h
         assert {x.dtype for x in calls} == {getattr(torch, dtype)}
 
 
+def test_a_captured_input_is_never_widened():
+    from loraboost.sketch import GradientSketcher
+
+    sketcher = GradientSketcher([], {}, None, rank=1, input_dtype=torch.float32)
+    narrow = torch.randn(2, 3, 4, dtype=torch.bfloat16)
+    held = sketcher._hold(narrow)
+    assert held.dtype == torch.bfloat16 and held.data_ptr() == narrow.data_ptr()  # the input itself, no fp32 copy
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
 def test_a_gradient_step_start_is_one_rank_r_descent_step_along_the_true_gradient(arch):
     # 3 tokens: the gradient has rank <= 3, which the sketch (k = 6) recovers exactly.

@@ -70,8 +70,9 @@ class GradientSketcher:
         embeddings: the model's input embeddings, or None when it has none (then only the blocks the
             backward reaches anyway are sketched).
         oversample: k = rank + oversample columns in Y (at most min(out, in)); l = 2k + 1 rows in Z.
-        input_dtype: what a captured layer input is held in until its backward (float32 keeps a reference to it,
-            no copy; bfloat16 keeps a copy of half an fp32 input's size: the sketch's directions to bf16's precision).
+        input_dtype: the widest dtype a captured layer input is held in until its backward (an input as narrow or
+            narrower is held itself, no copy; bfloat16 copies an fp32 input at half its size: the sketch's directions
+            then carry bf16's precision).
     """
 
     def __init__(
@@ -153,7 +154,9 @@ class GradientSketcher:
         held = self._held.get(key)
         if held is not None and held[0]() is given:
             return held[1]
-        x = given.detach().reshape(-1, given.shape[-1]).to(self.input_dtype)
+        x = given.detach().reshape(-1, given.shape[-1])
+        if x.element_size() > self.input_dtype.itemsize:  # only ever narrowed: a bf16 model's inputs stay as they are
+            x = x.to(self.input_dtype)
         self._held[key] = (weakref.ref(given, lambda _: self._held.pop(key, None)), x)
         return x
 
