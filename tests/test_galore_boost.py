@@ -19,7 +19,7 @@ from galore_torch.galore_projector import GaLoreProjector  # noqa: E402
 RANK, GAP, SCALE, LR, EPS = 2, 3, 0.25, 1e-2, 1e-6
 
 
-def galore_booster(model, **extra) -> Booster:
+def galore_booster(model, frozen_factor="shorter", **extra) -> Booster:
     return Booster(
         model,
         BoostConfig(
@@ -29,7 +29,7 @@ def galore_booster(model, **extra) -> Booster:
             target_modules="all-linear",
             rounds=None,
             steps_per_round=GAP,  # a round is GaLore's update gap
-            frozen_factor="shorter",
+            frozen_factor=frozen_factor,
             round_init="gradient",
             optimizer_reset="keep",  # GaLore keeps its moments when the projection changes
             **extra,
@@ -104,11 +104,12 @@ def test_frozen_gradient_factors_are_galore_step_for_step():
         torch.testing.assert_close(booster.merged_weight(slot), modules[slot.name].weight.detach(), atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("side", ["shorter", "longer"])
 @pytest.mark.parametrize(
     ("size", "length", "oversample"),
     [(1, 6, 4), (4, 12, 32)],  # a gradient of rank <= 6 < k; a full-rank one with k = 34 >= min(out, in)
 )
-def test_the_frozen_factor_is_the_gradient_singular_subspace(size, length, oversample):
+def test_the_frozen_factor_is_the_gradient_singular_subspace(size, length, oversample, side):
     # The projection the booster uses is GaLore's own: the top-r singular vectors of a step's gradient, exactly when
     # the gradient's rank or min(out, in) is within the sketch's k = r + sketch_oversample columns.
     data = batches("llama", 1, size=size, length=length)
@@ -116,7 +117,7 @@ def test_the_frozen_factor_is_the_gradient_singular_subspace(size, length, overs
     model.train()
     model(**data[0]).loss.backward()
     grads = {name: m.weight.grad.clone() for name, m in model.named_modules() if name.endswith("_proj")}
-    booster = galore_booster(tiny_llama(hidden=32, layers=2), sketch_oversample=oversample)
+    booster = galore_booster(tiny_llama(hidden=32, layers=2), side, sketch_oversample=oversample)
     optimizer = torch.optim.AdamW(booster.parameters(), lr=LR)
     booster.model(**data[0]).loss.backward()
     optimizer.step()
@@ -130,6 +131,22 @@ def test_the_frozen_factor_is_the_gradient_singular_subspace(size, length, overs
         projector = basis @ basis.T  # the same subspace: the factor's columns lie in it
         torch.testing.assert_close(projector @ factor, factor, atol=1e-5, rtol=0)
         assert float((slot.B if booster.frozen(slot) == "A" else slot.A).detach().abs().max()) == 0.0
+
+
+def test_the_longer_side_frozen_trains_only_the_shorter_sides_factor():
+    # frozen_factor="longer" trains r x min(out, in) numbers per module: the same rank per round for fewer live
+    # parameters than "shorter" (r x max(out, in)), on every non-square module the other factor than "shorter".
+    shorter = galore_booster(tiny_llama(hidden=32, layers=2))
+    longer = galore_booster(tiny_llama(hidden=32, layers=2), "longer")
+    for short_slot, long_slot in zip(shorter.slots, longer.slots):
+        out_features, in_features = long_slot.shape
+        trained = [p for p in (long_slot.A, long_slot.B) if p.requires_grad]
+        assert len(trained) == 1 and trained[0].numel() == RANK * min(out_features, in_features)
+        if out_features != in_features:
+            assert {shorter.frozen(short_slot), longer.frozen(long_slot)} == {"A", "B"}
+    assert sum(p.numel() for p in longer.parameters() if p.requires_grad) < sum(
+        p.numel() for p in shorter.parameters() if p.requires_grad
+    )
 
 
 def test_a_frozen_factor_is_refused_with_a_descent_step_start():

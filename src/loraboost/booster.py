@@ -485,11 +485,13 @@ class Booster:
 
     def frozen(self, slot: Slot) -> str | None:
         """The factor of ``slot`` that never trains (``frozen_factor``): ``A``, ``B`` or None; ``shorter`` is the
-        one on the weight's shorter side, A (r x in) when out >= in, else B (out x r), as GaLore projects."""
+        one on the weight's shorter side, A (r x in) when out >= in, else B (out x r), as GaLore projects, and
+        ``longer`` the other one (on a square weight, B)."""
         frozen = self.config.frozen_factor
-        if frozen == "shorter":
+        if frozen in ("shorter", "longer"):
             out_features, in_features = slot.shape
-            return "A" if out_features >= in_features else "B"
+            on_the_in_side = out_features >= in_features if frozen == "shorter" else out_features < in_features
+            return "A" if on_the_in_side else "B"
         return None if frozen == "none" else frozen
 
     def _activate(self, layers: tuple[str, ...]) -> None:

@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 OPTIMIZER_RESETS = ("reset", "keep", "prune")
 LR_SCHEDULES = ("global", "per_round")
-FROZEN_FACTORS = ("none", "A", "B", "shorter")
+FROZEN_FACTORS = ("none", "A", "B", "shorter", "longer")
 MERGE_RESIDUALS = ("auto", "residual", "always", "never", "stochastic")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
 ROUND_INITS = ("random", "gradient", "gradient-step")
@@ -102,9 +102,9 @@ class BoostConfig:
         lr_schedule: ``global`` (one schedule over the run) or ``per_round`` (jagged: every round
             re-warms from zero over ``round_warmup_steps`` and decays by a cosine to zero).
         round_warmup_steps: per-round warm-up, in steps (int) or as a fraction of a round in [0, 1).
-        frozen_factor: ``none``; ``A`` keeps a fresh random A frozen and trains B from zero
-            (RAC-LoRA); ``B`` keeps a random B frozen and trains A from zero; ``shorter`` freezes, in each
-            module, the factor on the weight's shorter side (A when out >= in, else B), as GaLore projects.
+        frozen_factor: ``none``; ``A`` keeps a fresh random A frozen and trains B from zero (RAC-LoRA); ``B`` keeps
+            a random B frozen and trains A; ``shorter`` freezes, in each module, the factor on the weight's shorter
+            side (A when out >= in, else B), as GaLore projects; ``longer`` the other: r x min(out, in) train.
             With ``round_init="gradient"`` the frozen factor holds the gradient's top singular vectors
             (orthonormal: GaLore's projection) instead of a random draw, and the other factor trains from zero.
         round_init: how a new booster starts: ``random`` (the papers': PEFT's random A, B = 0) or
