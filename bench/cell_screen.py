@@ -96,6 +96,14 @@ VARIANTS = {
         dict(_galore_boost("galore-boost-long-r22", "", rank=22).boost, frozen_factor="longer"),
         (1e-2, 3e-2),
     ),
+    # A persistent LoRA beside a chain (persistent_rank): bench/update_spectrum.py finds LoRA's update large in few
+    # directions and the chains' spread over many but small, so half of the rank stays LoRA (it moves far) and half
+    # merges every 50 steps (it adds directions). Adam's moments are kept: both halves share their tensors.
+    "hybrid-p4-r8-k50": (
+        "r8 all-linear, 4 ranks persistent and 4 merged every 50 steps",
+        dict(ALL_LINEAR, rounds=None, steps_per_round=50, persistent_rank=4, optimizer_reset="keep"),
+        (3e-3, 1e-2),
+    ),
 }
 REFERENCES = ("base", "lora-all", "full-blocks", "apollo-mini-blocks", "galore-r32-blocks")
 

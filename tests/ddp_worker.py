@@ -7,7 +7,7 @@ settings that BoostCallback asks for); loop-gradient and fsdp-gradient run gradi
 summed over the ranks (the loop: round_init and layer_selection "gradient"; FSDP2, whose shards must each take their
 rows of both factors: "gradient-step" and "gradient-topk"); loop-stochastic and fsdp-stochastic train a
 bf16 model whose merges round stochastically (the loop names merge_residual="stochastic"; FSDP2 takes the default,
-"auto", which means the same on bf16).
+"auto", which means the same on bf16); fsdp-persistent keeps half of every booster's ranks across merges.
 """
 
 import os
@@ -29,6 +29,9 @@ CONFIG = dict(method="xgblora", steps_per_round=2, layers_per_round=2, seed=3)
 GRADIENT = dict(CONFIG, round_init="gradient", layer_selection="gradient")
 GRADIENT_STEP = dict(CONFIG, round_init="gradient-step", layer_selection="gradient-topk")
 STOCHASTIC = dict(CONFIG, merge_residual="stochastic")  # on a bf16 model: merges rounded at random
+# Half of every booster's ranks persist across merges: its chain part is a slice of each sharded factor.
+PERSISTENT = dict(method="lora", target_modules="all-linear", rank=4, persistent_rank=2, rounds=None,
+                  steps_per_round=2, optimizer_reset="keep", seed=3)  # fmt: skip
 
 
 def config(mode: str) -> BoostConfig:
@@ -38,6 +41,8 @@ def config(mode: str) -> BoostConfig:
         return BoostConfig(**CONFIG)  # merge_residual="auto" on a bf16 model
     if mode == "fsdp-gradient":
         return BoostConfig(**GRADIENT_STEP)
+    if mode == "fsdp-persistent":
+        return BoostConfig(**PERSISTENT)
     return BoostConfig(**(GRADIENT if mode.endswith("-gradient") else CONFIG))
 
 

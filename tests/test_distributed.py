@@ -51,7 +51,9 @@ def assert_close_outcomes(a, b, atol):
         torch.testing.assert_close(x[4], y[4], rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("mode", ["loop", "fsdp", "trainer", "trainer-checkpointing", "loop-gradient", "fsdp-gradient"])
+@pytest.mark.parametrize(
+    "mode", ["loop", "fsdp", "trainer", "trainer-checkpointing", "loop-gradient", "fsdp-gradient", "fsdp-persistent"]
+)
 def test_two_ranks_agree_with_each_other_and_with_one_process(mode, tmp_path):
     rank0, rank1 = run_two_ranks(mode, tmp_path)
     assert rank0["position"] == (10, 5) and len(rank0["ledger"]) > 0

@@ -35,6 +35,7 @@ from .merge import (
     rounds_stochastically,
 )
 from .optim import make_lr_scheduler, reset_optimizer_state
+from .persistent import chain_part, restart_chain_part
 from .plan import RoundPlan, round_generator
 from .selection import proportional, top_k_with_visits
 from .sketch import GradientSketcher, TopSingular, factors_from_gradient
@@ -314,10 +315,17 @@ class Booster:
     def _change_round(self, optimizer: torch.optim.Optimizer, finished_round: int) -> None:
         finished = self._slots_of(finished_round)
         scale = self.merge_scaling
+        kept = self.config.persistent_rank
         for slot in finished:
-            self._apply_merge(slot, slot.A, slot.B, scale, finished_round)
-            self.ledger.append(finished_round, slot.name, scale, slot.A, slot.B)
-        self._initialise(finished, finished_round + 1)
+            A, B = chain_part(slot.A, slot.B, kept)  # the whole booster unless part of it persists
+            self._apply_merge(slot, A, B, scale, finished_round)
+            self.ledger.append(finished_round, slot.name, scale, A, B)
+        if kept:
+            generator = round_generator(self.config.seed, finished_round + 1, "init")
+            for slot in finished:
+                restart_chain_part(slot.A, slot.B, kept, generator)
+        else:
+            self._initialise(finished, finished_round + 1)
         reset_optimizer_state(
             optimizer, [p for s in finished for p in (s.A, s.B)], self.config.optimizer_reset, self.config.prune_ratio
         )

@@ -4,9 +4,10 @@ Every field is validated on construction; a bad value raises ValueError naming i
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from .field_checks import check_choice, check_int, check_number, check_persistent_rank
 
 
 class _FromPreset:
@@ -134,6 +135,10 @@ class BoostConfig:
             than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged
             weight (replaying the sum would round differently from the merges it replaced, and resume is bit-exact),
             and the exported adapter gives a folded module rank min(out, in) (exact, as large as the weight).
+        persistent_rank: k, how many of each booster's r ranks are never merged: the first k keep training across
+            rounds as one LoRA of rank k, while the other r - k are merged and restart every round (a persistent LoRA
+            beside a chain). 0 merges the whole booster. Needs every block in every round, ``frozen_factor="none"``,
+            ``round_init="random"`` and ``optimizer_reset="keep"`` (both parts share Adam's tensors).
         seed: seeds the plan (which layers a round uses) and every booster initialisation, so that
             all data-parallel ranks draw the same.
     """
@@ -164,6 +169,7 @@ class BoostConfig:
     sketch_oversample: int = 4
     sketch_input_dtype: str = "float32"
     fold_ledger: bool = False
+    persistent_rank: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -178,9 +184,9 @@ class BoostConfig:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        _check_int(self.rank, "rank", minimum=1)
-        _check_number(self.alpha, "alpha", lambda v: v > 0, "a positive number")
-        _check_number(self.dropout, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        check_int(self.rank, "rank", minimum=1)
+        check_number(self.alpha, "alpha", lambda v: v > 0, "a positive number")
+        check_number(self.dropout, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
         t = self.target_modules
         if not (
             t is None
@@ -206,7 +212,7 @@ class BoostConfig:
             )
         for name in ("rounds", "steps_per_round"):  # None: derived from the other
             if getattr(self, name) is not None:
-                _check_int(getattr(self, name), name, minimum=1)
+                check_int(getattr(self, name), name, minimum=1)
         if self.rounds is None and self.steps_per_round is None:
             raise ValueError(
                 "rounds=None and steps_per_round=None leave the round length undefined; set rounds "
@@ -222,13 +228,13 @@ class BoostConfig:
                 raise ValueError(
                     f"layers_per_round={lpr!r} is out of range; use a count >= 1, a fraction in (0, 1], or None."
                 )
-        _check_number(self.merge_scale, "merge_scale", lambda v: v > 0, "a positive number")
-        _check_choice(self.merge_residual, "merge_residual", MERGE_RESIDUALS)
-        _check_choice(self.merge_residual_dtype, "merge_residual_dtype", MERGE_RESIDUAL_DTYPES)
-        _check_number(self.norm_penalty, "norm_penalty", lambda v: v >= 0, "a number >= 0")
-        _check_choice(self.optimizer_reset, "optimizer_reset", OPTIMIZER_RESETS)
-        _check_number(self.prune_ratio, "prune_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)")
-        _check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        check_number(self.merge_scale, "merge_scale", lambda v: v > 0, "a positive number")
+        check_choice(self.merge_residual, "merge_residual", MERGE_RESIDUALS)
+        check_choice(self.merge_residual_dtype, "merge_residual_dtype", MERGE_RESIDUAL_DTYPES)
+        check_number(self.norm_penalty, "norm_penalty", lambda v: v >= 0, "a number >= 0")
+        check_choice(self.optimizer_reset, "optimizer_reset", OPTIMIZER_RESETS)
+        check_number(self.prune_ratio, "prune_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         w = self.round_warmup_steps
         if (
             isinstance(w, bool)
@@ -238,13 +244,13 @@ class BoostConfig:
             raise ValueError(
                 f"round_warmup_steps={w!r} is not valid; use a step count >= 0 or a fraction of a round in [0, 1)."
             )
-        _check_choice(self.frozen_factor, "frozen_factor", FROZEN_FACTORS)
-        _check_choice(self.round_init, "round_init", ROUND_INITS)
-        _check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
-        _check_number(self.gradient_step_gamma, "gradient_step_gamma", lambda v: v > 0, "a positive number")
-        _check_int(self.sketch_steps, "sketch_steps", minimum=1)
-        _check_int(self.sketch_oversample, "sketch_oversample", minimum=0)
-        _check_choice(self.sketch_input_dtype, "sketch_input_dtype", SKETCH_INPUT_DTYPES)
+        check_choice(self.frozen_factor, "frozen_factor", FROZEN_FACTORS)
+        check_choice(self.round_init, "round_init", ROUND_INITS)
+        check_choice(self.layer_selection, "layer_selection", LAYER_SELECTIONS)
+        check_number(self.gradient_step_gamma, "gradient_step_gamma", lambda v: v > 0, "a positive number")
+        check_int(self.sketch_steps, "sketch_steps", minimum=1)
+        check_int(self.sketch_oversample, "sketch_oversample", minimum=0)
+        check_choice(self.sketch_input_dtype, "sketch_input_dtype", SKETCH_INPUT_DTYPES)
         if self.round_init == "gradient-step" and self.frozen_factor != "none":
             raise ValueError(
                 f"round_init='gradient-step' sets both factors for one descent step, but "
@@ -253,7 +259,8 @@ class BoostConfig:
             )
         if not isinstance(self.fold_ledger, bool):
             raise ValueError(f"fold_ledger={self.fold_ledger!r} is not valid; use True or False.")
-        _check_int(self.seed, "seed", minimum=0)
+        check_persistent_rank(self)
+        check_int(self.seed, "seed", minimum=0)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -283,18 +290,3 @@ class BoostConfig:
         if unknown:
             raise ValueError(f"unknown BoostConfig field(s) {unknown}; known fields are {sorted(names)}.")
         return cls(**data)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not valid; use an integer >= {minimum}.")
-
-
-def _check_number(value: Any, name: str, ok, allowed: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name}={value!r} is not valid; use {allowed}.")
-
-
-def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; use one of {', '.join(map(repr, choices))}.")
