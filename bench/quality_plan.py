@@ -47,7 +47,8 @@ CLASSIFICATION_ARMS = (
 RANK_CELL_ARMS = (
     "full-blocks", "lora-r4-all", "galore-r8", "galore-r32", "galore-r8-blocks", "galore-r32-blocks", "apollo-r32",
     "apollo-r32-blocks", "apollo-mini", "apollo-mini-blocks", "boost-galore-r8", "boost-galore-r8-k50",
-    "boost-galore-r32", "boost-grad-r8-k50",
+    "boost-galore-r32", "boost-grad-r8-k50", "lora-all-embed", "boost-galore-r32-embed",
+    "boost-galore-long-r22-embed",
 )  # fmt: skip
 METHODS = {name: ARMS[name] for name in (*CLASSIFICATION_ARMS, *RANK_CELL_ARMS)}
 
@@ -181,6 +182,9 @@ CELL_GRIDS = {
         "boost-galore-r8-k50": (3e-3, 1e-2, 3e-2),
         "boost-galore-r32": (3e-3, 1e-2, 3e-2),
         "boost-grad-r8-k50": (3e-3, 1e-2, 3e-2),
+        "lora-all-embed": (3e-3, 1e-2),
+        "boost-galore-r32-embed": (3e-3, 1e-2),
+        "boost-galore-long-r22-embed": (3e-3, 1e-2),
     }
 }
 
@@ -233,7 +237,8 @@ RANK_CELL_GRID = (
     "base", "full", "full-blocks", "lora-qv", "lora-all", "xgblora", "galore-r32-blocks", "apollo-mini-blocks",
     "boost-galore-r8", "boost-galore-r8-k50", "boost-grad-r8-k50", "galore-r8-blocks", "xgblora-grad",
     "apollo-r32-blocks", "lora-r1-all", "cola", "relora", "boost-galore-r32", "lora-r4-all", "xgblora-gradinit",
-    "galore-r8", "galore-r32", "apollo-mini", "apollo-r32",
+    "galore-r8", "galore-r32", "apollo-mini", "apollo-r32", "lora-all-embed", "boost-galore-r32-embed",
+    "boost-galore-long-r22-embed",
 )  # fmt: skip
 GRADIENT_ROWS = ("xgblora", "lora-r1-all", "xgblora-grad", *GRADIENT_VARIANTS, "cola", "cola-grad")
 METHOD_GROUPS = {"capacity": CAPACITY_GRID, "gradient": GRADIENT_ROWS, "rank-cell": RANK_CELL_GRID}

@@ -122,3 +122,38 @@ def test_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
         booster.save_adapter(tmp_path / "fresh")
     assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no half-written folder beside it
+
+
+def tied_llama(seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    config = MODELS["llama"]().config
+    config.tie_word_embeddings = True
+    return transformers.LlamaForCausalLM(config)
+
+
+def test_trained_tied_embeddings_stay_one_weight_in_training_and_in_both_exports(tmp_path):
+    """A head tied to the input embeddings: with the embeddings in modules_to_save, one copy trains for both (PEFT's
+    ensure_weight_tying), so the merged model, saved with tied weights, reloads as the model that trained."""
+    base = tied_llama()
+    assert base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    before = base.get_input_embeddings().weight.detach().clone()
+    booster = Booster(base, BoostConfig(method="cola", rounds=3, modules_to_save=["embed_tokens"]), total_steps=7)
+    extra = [n for n, p in booster.model.named_parameters() if p.requires_grad and ".lora_" not in n]
+    assert len(extra) == 1 and "embed_tokens.modules_to_save" in extra[0]
+    train(booster, batches("llama", 7))
+    model = booster.model.eval()
+    trained_embeddings = model.get_input_embeddings().modules_to_save["default"].weight
+    assert model.get_output_embeddings().modules_to_save["default"].weight is trained_embeddings
+    assert not torch.equal(trained_embeddings, before)
+    booster.save_merged(tmp_path / "merged")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(loaded, "llama"), logits(model, "llama"), rtol=0, atol=1e-4)
+    booster.save_adapter(tmp_path / "adapter")
+    adapted = PeftModel.from_pretrained(tied_llama(), tmp_path / "adapter").eval()
+    torch.testing.assert_close(logits(adapted, "llama"), logits(model, "llama"), rtol=0, atol=1e-4)
+
+
+def test_tied_embeddings_peft_cannot_tie_are_refused():
+    # GPT-2's wte is tied to its head under a name PEFT's weight tying does not know: training it would untie them.
+    with pytest.raises(ValueError, match="modules_to_save names the input embeddings 'transformer.wte'"):
+        Booster(MODELS["gpt2"](), BoostConfig(method="cola", rounds=3, modules_to_save=["wte"]), total_steps=4)

@@ -150,14 +150,18 @@ def _xgblora_variant(name: str, label: str, **boost) -> Arm:
     return _booster(name, label, 1e-2, XGB_GRID, method="xgblora", **boost)
 
 
-def _galore_boost(name: str, label: str, rank: int, steps_per_round: int = 200) -> Arm:
+def _galore_boost(name: str, label: str, rank: int, steps_per_round: int = 200, **extra) -> Arm:
     # GaLore's scale 0.25 as the booster's alpha / r; no rounds limit: a round every steps_per_round steps.
     settings = dict(alpha=0.25 * rank, target_modules="all-linear", rounds=None, steps_per_round=steps_per_round)
     gradient_projection = dict(frozen_factor="shorter", round_init="gradient", optimizer_reset="keep")
-    return _booster(name, label, 1e-2, PEER_GRID, method="lora", rank=rank, **settings, **gradient_projection)
+    return _booster(
+        name, label, 1e-2, PEER_GRID, method="lora", rank=rank, **{**settings, **gradient_projection, **extra}
+    )
 
 
 _MINI = dict(rank=1, scale_type="tensor", scale=128.0)
+ALL_LINEAR = dict(method="lora", target_modules="all-linear")
+EMBED = ["embed_tokens"]  # a Llama's input embeddings (and the head tied to them)
 
 # Every arm by name. Adding one here is all a new arm needs: the command line, compare and the benchmarks read it.
 ARMS: dict[str, Arm] = {
@@ -245,6 +249,18 @@ ARMS: dict[str, Arm] = {
         _galore_boost("boost-galore-r8", "Boosters as GaLore r8 (200-step rounds)", rank=8),
         _galore_boost("boost-galore-r8-k50", "Boosters as GaLore r8, 50-step rounds", rank=8, steps_per_round=50),
         _galore_boost("boost-galore-r32", "Boosters as GaLore r32 (200-step rounds)", rank=32),
+        # Issue 33's option: the (tied) input embeddings trained too, one full copy beside the adapters, as the
+        # unrestricted peers train them with AdamW; the capacity cell's full fine-tuning owes most of its lead to them.
+        _booster("lora-all-embed", "LoRA r8 all-linear + embeddings", 3e-3, **ALL_LINEAR, modules_to_save=EMBED),
+        _galore_boost("boost-galore-r32-embed", "Boosters as GaLore r32 + embeddings", 32, modules_to_save=EMBED),
+        # Within LoRA r8 all-linear's live parameters in the blocks: rank 22 with the longer side's factor frozen.
+        _galore_boost(
+            "boost-galore-long-r22-embed",
+            "Boosters as GaLore r22, longer side frozen, + embeddings",
+            22,
+            frozen_factor="longer",
+            modules_to_save=EMBED,
+        ),  # fmt: skip
         # What GaLore cannot express: both factors of an all-linear r8 booster train from a gradient start (LoRA r8
         # all-linear's parameters and state), merged every 50 steps with a fresh optimizer state.
         _booster(

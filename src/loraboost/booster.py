@@ -47,6 +47,7 @@ from .targets import (
     refuse_existing_adapters,
     refuse_partitioned_parameters,
     resolve_targets,
+    ties_input_embeddings,
 )
 
 
@@ -105,6 +106,7 @@ class Booster:
             target_modules=targets,
             fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
             modules_to_save=cfg.modules_to_save,
+            ensure_weight_tying=ties_input_embeddings(model, cfg.modules_to_save),
             bias="none",
             init_lora_weights=True,
         )

@@ -77,7 +77,8 @@ class BoostConfig:
         dropout: LoRA dropout on the booster's input.
         target_modules: ``"all-linear"``, a list of module-name suffixes, a regular expression
             (PEFT's semantics), or None for PEFT's default of the architecture (e.g. q/v projections).
-        modules_to_save: extra modules trained in every round and never merged (e.g. a classifier).
+        modules_to_save: extra modules trained in every round and never merged (e.g. a classifier, or a Llama's
+            ``embed_tokens``: a head tied to them trains as the same copy, PEFT's ``ensure_weight_tying``).
         layers_pattern: name of the ModuleList holding the transformer blocks (``"layers"`` for
             Llama, ``"h"`` for GPT-2); found automatically when None.
         rounds: number of rounds T. With only ``rounds``, the round ends are spread evenly over the

@@ -85,6 +85,7 @@ def save_adapter(booster: BoosterSurface, path: str | Path, rank: int | None = N
         bias="none",
         fan_in_fan_out=peft_config.fan_in_fan_out,
         modules_to_save=peft_config.modules_to_save,
+        ensure_weight_tying=peft_config.ensure_weight_tying,
         task_type=peft_config.task_type,
         base_model_name_or_path=getattr(base.config, "_name_or_path", None) or None,
     )
@@ -94,7 +95,8 @@ def save_adapter(booster: BoosterSurface, path: str | Path, rank: int | None = N
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = B.contiguous()
     for key, value in get_peft_model_state_dict(booster.model).items():
         if ".lora_A." not in key and ".lora_B." not in key:  # modules_to_save, e.g. a classifier head
-            tensors[key] = value.detach().cpu().contiguous()
+            # A copy each: tied embeddings are one tensor under two names, which safetensors will not write.
+            tensors[key] = value.detach().cpu().clone()
 
     record = {
         "loraboost_version": __version__,
