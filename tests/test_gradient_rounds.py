@@ -81,24 +81,28 @@ def test_round_zero_starts_on_the_true_gradient_direction(arch):
 def test_inputs_held_in_bf16_start_on_the_true_direction_and_a_shared_input_is_held_once():
     batch = batches("llama", 1, size=1, length=3)[0]
     true = true_weight_gradients("llama", batch)
-    config = dict(method="xgblora", layers_per_round=None, round_init="gradient", target_modules="all-linear")
-    held = {}
-    for dtype in ("float32", "bfloat16"):
-        booster = Booster(MODELS["llama"](), BoostConfig(**config, sketch_input_dtype=dtype))
-        hold, held[dtype] = booster.sketcher._hold, []
-        booster.sketcher._hold = lambda given, hold=hold, calls=held[dtype]: calls.append(hold(given)) or calls[-1]
-        booster.model(**batch).loss.backward()  # round 0's sketched step: its inputs are held until its backward
-        assert not booster.sketcher._held  # nothing outlives the backward
-        booster.step(torch.optim.AdamW(booster.parameters(), lr=1e-2))
-        for slot in booster.slots:
-            top = torch.linalg.svd(true[slot.name].double())[2][0]
-            A = slot.A.detach().double()[0]
-            assert abs(float(A @ top)) / float(A.norm()) > (1 - 1e-4 if dtype == "float32" else 0.99), slot.name
-    # Per block q/k/v read one input and gate/up another: 7 modules hold 4 tensors, in the dtype asked for.
+    config = dict(method="xgblora", round_init="gradient", target_modules="all-linear")
     blocks = len(MODELS["llama"]().model.layers)
-    for dtype, calls in held.items():
-        assert len(calls) == 7 * blocks and len({id(x) for x in calls}) == 4 * blocks
-        assert {x.dtype for x in calls} == {getattr(torch, dtype)}
+    for dtype in ("float32", "bfloat16"):
+        for live_blocks in (None, 2):  # every block live; 2 live and the rest sketched for the gradient's choice
+            chosen = dict(layers_per_round=live_blocks, layer_selection="random" if live_blocks is None else "gradient")
+            booster = Booster(MODELS["llama"](), BoostConfig(**config, **chosen, sketch_input_dtype=dtype))
+            hold, calls = booster.sketcher._hold, []
+            booster.sketcher._hold = lambda given, hold=hold, calls=calls: calls.append(hold(given)) or calls[-1]
+            booster.model(**batch).loss.backward()  # round 0's sketched step: its inputs are held until its backward
+            assert not booster.sketcher._held  # nothing outlives the backward
+            booster.step(torch.optim.AdamW(booster.parameters(), lr=1e-2))
+            live = {s.name for s in booster.live_slots}
+            for slot in booster.slots if live_blocks is None else ():
+                top = torch.linalg.svd(true[slot.name].double())[2][0]
+                A = slot.A.detach().double()[0]
+                assert abs(float(A @ top)) / float(A.norm()) > (1 - 1e-4 if dtype == "float32" else 0.99), slot.name
+            # A live booster's input is kept by autograd for A's backward: the sketch reads it as it is, never a copy.
+            # The idle blocks' inputs are held: per block q/k/v read one input and gate/up another, so 7 modules
+            # hold 4 tensors, in the dtype asked for.
+            idle_blocks = 0 if live_blocks is None else blocks - live_blocks
+            assert len(calls) == 7 * idle_blocks and len({id(x) for x in calls}) == 4 * idle_blocks, (dtype, live)
+            assert {x.dtype for x in calls} <= {getattr(torch, dtype)}
 
 
 def test_a_captured_input_is_never_widened():

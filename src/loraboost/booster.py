@@ -370,7 +370,9 @@ class Booster:
             return
         if self._sketch_window():
             if not self.sketcher.armed:
-                self.sketcher.start(self.config.seed, self.round, self._sketched_names())
+                # A live booster's trained A keeps its input for the backward (PEFT: no dropout module at 0).
+                saved = [sl.name for sl in self.live_slots if sl.A.requires_grad] if self.config.dropout == 0 else []
+                self.sketcher.start(self.config.seed, self.round, self._sketched_names(), saved)
         elif self.sketcher.armed:
             self.sketcher.stop()
 

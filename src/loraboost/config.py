@@ -130,7 +130,8 @@ class BoostConfig:
             directions are to the exact SVD's (exact once k >= min(out, in); bench/sketch_accuracy.py measures how
             close: at rank 1 and p = 4 they hold 41-74% of the top direction's energy on the capacity cell).
         sketch_input_dtype: what the sketch holds a captured layer input in until its backward: ``float32`` (the
-            input itself, exact) or ``bfloat16`` (a copy at half its fp32 bytes; directions to bf16's precision).
+            input itself, exact) or ``bfloat16`` (a copy at half its fp32 bytes; directions to bf16's precision). A
+            live booster's input, which autograd keeps for its backward anyway, is always read as it is.
         fold_ledger: once a module's merged factors take more bytes than its fp32 weight (after T rounds of rank r,
             when T r > out in / (out + in)), replace them in the ledger by their sum, so the ledger never holds more
             than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged

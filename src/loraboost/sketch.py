@@ -98,9 +98,12 @@ class GradientSketcher:
     def armed(self) -> bool:
         return bool(self._handles)
 
-    def start(self, seed: int, round_index: int, names: Iterable[str]) -> None:
-        """Fresh, zero sketches of ``names`` with test matrices drawn from (seed, round): every rank draws the same."""
+    def start(self, seed: int, round_index: int, names: Iterable[str], saved_inputs: Iterable[str] = ()) -> None:
+        """Fresh, zero sketches of ``names`` with test matrices drawn from (seed, round): every rank draws the same.
+        ``saved_inputs``: modules whose input autograd keeps until their backward anyway (a live booster whose A
+        trains, without dropout); the sketch reads those inputs as they are, since a narrower copy would only add."""
         self.stop()
+        saved_inputs = set(saved_inputs)
         generator = round_generator(seed, round_index, "sketch")
         self.sketches = {}
         for name in names:
@@ -115,7 +118,8 @@ class GradientSketcher:
                 torch.zeros(out_features, k, device=device),
                 torch.zeros(2 * k + 1, in_features, device=device),
             )
-            self._handles.append(self.layers[name].register_forward_hook(self._capture(self.sketches[name])))
+            capture = self._capture(self.sketches[name], copy=name not in saved_inputs)
+            self._handles.append(self.layers[name].register_forward_hook(capture))
         if self.embeddings is not None:
             self._handles.append(self.embeddings.register_forward_hook(self._need_gradient))
 
@@ -160,11 +164,11 @@ class GradientSketcher:
         self._held[key] = (weakref.ref(given, lambda _: self._held.pop(key, None)), x)
         return x
 
-    def _capture(self, sketch: ModuleSketch):
+    def _capture(self, sketch: ModuleSketch, copy: bool = True):
         def hook(module, args, output):
             if not (module.training and torch.is_grad_enabled() and torch.is_tensor(output) and output.requires_grad):
                 return
-            x = self._hold(args[0])
+            x = self._hold(args[0]) if copy else args[0].detach().reshape(-1, args[0].shape[-1])
             output.register_hook(lambda delta: sketch.fold(x, delta.detach().reshape(-1, delta.shape[-1])))
 
         return hook
