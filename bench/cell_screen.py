@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 from quality_plan import CAPACITY_CELL, SIZES, cell_options
 
-from loraboost.arms import ARMS, _galore_boost
+from loraboost.arms import ALL_LINEAR, ARMS, _galore_boost
 from loraboost.run import train
 from loraboost.run_folder import FINISHED
 
-ALL_LINEAR = dict(method="lora", target_modules="all-linear")
 ONE_STEP = dict(ALL_LINEAR, rounds=None, round_init="gradient-step", fold_ledger=True)
 # name -> (what it is, its BoostConfig values, the rates screened)
 VARIANTS = {

@@ -154,9 +154,8 @@ def _galore_boost(name: str, label: str, rank: int, steps_per_round: int = 200, 
     # GaLore's scale 0.25 as the booster's alpha / r; no rounds limit: a round every steps_per_round steps.
     settings = dict(alpha=0.25 * rank, target_modules="all-linear", rounds=None, steps_per_round=steps_per_round)
     gradient_projection = dict(frozen_factor="shorter", round_init="gradient", optimizer_reset="keep")
-    return _booster(
-        name, label, 1e-2, PEER_GRID, method="lora", rank=rank, **{**settings, **gradient_projection, **extra}
-    )
+    boost = {**settings, **gradient_projection, **extra}  # an arm's own values (e.g. frozen_factor) win
+    return _booster(name, label, 1e-2, PEER_GRID, method="lora", rank=rank, **boost)
 
 
 _MINI = dict(rank=1, scale_type="tensor", scale=128.0)
@@ -260,7 +259,7 @@ ARMS: dict[str, Arm] = {
             22,
             frozen_factor="longer",
             modules_to_save=EMBED,
-        ),  # fmt: skip
+        ),
         # What GaLore cannot express: both factors of an all-linear r8 booster train from a gradient start (LoRA r8
         # all-linear's parameters and state), merged every 50 steps with a fresh optimizer state.
         _booster(

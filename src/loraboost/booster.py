@@ -47,7 +47,7 @@ from .targets import (
     refuse_existing_adapters,
     refuse_partitioned_parameters,
     resolve_targets,
-    ties_input_embeddings,
+    tied_input_embeddings,
 )
 
 
@@ -106,7 +106,7 @@ class Booster:
             target_modules=targets,
             fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
             modules_to_save=cfg.modules_to_save,
-            ensure_weight_tying=ties_input_embeddings(model, cfg.modules_to_save),
+            ensure_weight_tying=tied_input_embeddings(model, cfg.modules_to_save) is not None,
             bias="none",
             init_lora_weights=True,
         )

@@ -88,26 +88,25 @@ def check_modules_to_save(model: nn.Module, targets: Sequence[str], names: Seque
                 f"modules_to_save entry {entry!r} holds the target module {holding!r}; name a module outside the "
                 "boosters' targets, such as a classification head."
             )
-    if ties_input_embeddings(model, names):
-        embeddings = next(n for n, module in model.named_modules() if module is model.get_input_embeddings())
-        if embeddings.rsplit(".", 1)[-1] not in EMBEDDING_LAYER_NAMES:
-            raise ValueError(
-                f"modules_to_save names the input embeddings {embeddings!r}, which share their weight with the output "
-                f"head, and PEFT can train one copy for both only in modules named {EMBEDDING_LAYER_NAMES}; leave "
-                "them out of modules_to_save, or untie the head from them first."
-            )
+    embeddings = tied_input_embeddings(model, names)
+    if embeddings is not None and embeddings.rsplit(".", 1)[-1] not in EMBEDDING_LAYER_NAMES:
+        raise ValueError(
+            f"modules_to_save names the input embeddings {embeddings!r}, which share their weight with the output "
+            f"head, and PEFT can train one copy for both only in modules named {EMBEDDING_LAYER_NAMES}; leave "
+            "them out of modules_to_save, or untie the head from them first."
+        )
 
 
-def ties_input_embeddings(model: nn.Module, names: Sequence[str] | None) -> bool:
-    """Whether ``modules_to_save`` names the input embeddings of a model whose output head shares their weight. PEFT
-    must then train one copy for both (its ``ensure_weight_tying``): otherwise the head keeps the old weight while
-    training, and a merged model saved with tied weights reloads with the new one in the head as well."""
+def tied_input_embeddings(model: nn.Module, names: Sequence[str] | None) -> str | None:
+    """The name of the input embeddings when ``modules_to_save`` names them and the output head shares their weight,
+    else None. PEFT must then train one copy for both (its ``ensure_weight_tying``): otherwise the head keeps the old
+    weight while training, and a merged model saved with tied weights reloads with the new one in the head as well."""
     embeddings = model.get_input_embeddings() if names and hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if embeddings is not None and hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "weight", None) is not getattr(embeddings, "weight", None):
-        return False
+        return None
     name = next(n for n, module in model.named_modules() if module is embeddings)
-    return any(name == entry or name.endswith("." + entry) for entry in names)
+    return name if any(name == entry or name.endswith("." + entry) for entry in names) else None
 
 
 def check_rank(model: nn.Module, targets: Sequence[str], rank: int) -> None:
