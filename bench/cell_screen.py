@@ -103,20 +103,55 @@ VARIANTS = {
         dict(ALL_LINEAR, rounds=None, steps_per_round=50, persistent_rank=4, optimizer_reset="keep"),
         (3e-3, 1e-2),
     ),
+    # The last section's "not measured yet" (BENCHMARKS.md, issue 33): the GaLore boosters r22 with an exact
+    # projection (k = r + p capped at min(out, in) = 128 columns: the sketch is then the exact SVD's top 22).
+    "galore-boost-long-r22-exact": (
+        "galore-boost-long-r22 with an exact sketch (sketch_oversample=128)",
+        dict(_galore_boost("galore-boost-long-r22", "", rank=22).boost, frozen_factor="longer", sketch_oversample=128),
+        (1e-2,),
+    ),
+    # ReLoRA's jagged schedule on the 50-step gradient chain (boost-grad-r8-k50): every round re-warms its rate from
+    # zero over a tenth of the round and decays it by a cosine, so a fresh booster's first steps, taken with reset
+    # moments, are small ones.
+    "grad-r8-k50-rewarm": (
+        "boost-grad-r8-k50 with ReLoRA's per-round re-warm (lr_schedule='per_round', round_warmup_steps=0.1)",
+        dict(
+            ALL_LINEAR,
+            rounds=None,
+            steps_per_round=50,
+            round_init="gradient",
+            lr_schedule="per_round",
+            round_warmup_steps=0.1,
+        ),
+        (3e-3, 1e-2),
+    ),
+    # LoRA+ (loraplus_lr_ratio: B's rate 16x A's, PEFT's create_loraplus_optimizer) on the 50-step gradient chain: a
+    # fresh booster's B starts from zero, and a higher rate for it is the most direct way to let a round move as far
+    # as LoRA's update does (bench/update_spectrum.py: the chains move a fifth to a third as far). LoRA r8 all-linear
+    # with the same ratio tells whether it is the chain or LoRA+ that gains.
+    "grad-r8-k50-loraplus": (
+        "boost-grad-r8-k50 with LoRA+ (B's rate 16x A's)",
+        dict(ALL_LINEAR, rounds=None, steps_per_round=50, round_init="gradient"),
+        (1e-3, 3e-3),
+    ),
+    "lora-all-loraplus": ("LoRA r8 all-linear with LoRA+ (B's rate 16x A's)", dict(ALL_LINEAR), (1e-3, 3e-3)),
 }
+# Run options a variant sets besides its BoostConfig (the rest are the cell's).
+VARIANT_OPTIONS = {name: dict(loraplus_lr_ratio=16.0) for name in ("grad-r8-k50-loraplus", "lora-all-loraplus")}
 REFERENCES = ("base", "lora-all", "full-blocks", "apollo-mini-blocks", "galore-r32-blocks")
 
 
-def run_one(folder: Path, values: dict, lr: float, threads: int) -> dict:
-    """One variant at one rate (seed 0), reusing a finished run of the same booster settings."""
+def run_one(folder: Path, values: dict, lr: float, threads: int, extra: dict) -> dict:
+    """One variant at one rate (seed 0) with the run options ``extra``, reusing a finished run of the same settings."""
     torch.set_num_threads(threads)
     if (folder / FINISHED).exists():
         saved = json.loads((folder / "run.json").read_text())
         same = all(saved["boost"].get(k) == v for k, v in values.items())
+        same = same and all(saved["options"].get(k) == v for k, v in extra.items())
         if same and saved["options"]["learning_rate"] == lr:
             return json.loads((folder / FINISHED).read_text())
     options = cell_options("tiny-llama", "python-code", SIZES, quick=False)
-    options = dataclasses.replace(options, learning_rate=lr, seed=0, output=str(folder), overwrite=True)
+    options = dataclasses.replace(options, learning_rate=lr, seed=0, output=str(folder), overwrite=True, **extra)
     print(f"cell screen: {folder}", file=sys.stderr, flush=True)
     return train(options, dataclasses.replace(ARMS["lora-all"], boost=values))
 
@@ -188,7 +223,10 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")  # a fork of a process that ran OpenMP kernels can hang
         threads = max(1, (torch.get_num_threads() or 1) // args.jobs)
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = [pool.submit(run_one, folders[j], VARIANTS[j[0]][1], j[1], threads) for j in jobs]
+            futures = [
+                pool.submit(run_one, folders[j], VARIANTS[j[0]][1], j[1], threads, VARIANT_OPTIONS.get(j[0], {}))
+                for j in jobs
+            ]
             for future in concurrent.futures.as_completed(futures):
                 future.result()
     report = {"command": "python bench/cell_screen.py " + " ".join(sys.argv[1:]), "variants": {}}
@@ -201,6 +239,7 @@ def main() -> None:
         entry[f"{lr:g}"] = {
             "label": VARIANTS[name][0],
             "boost": json.loads((folder / "run.json").read_text())["boost"],
+            "options": VARIANT_OPTIONS.get(name, {}),
             "metrics": {split: {"loss": m["loss"]} for split, m in summary["metrics"].items()},
             "live_trainable_parameters": summary["live_trainable_parameters"],
             "optimizer_state_bytes": summary["optimizer_state_bytes"],

@@ -9,7 +9,8 @@ repetitions so that machine noise hits them alike, and reports step times as rat
   with BoostCallback;
 - ``xgblora-grad``: XGBLoRA with gradient-boosted rounds (``round_init`` and ``layer_selection`` "gradient"):
   the same step as ``xgblora`` except in the sketched steps at a round's end, timed apart (below);
-- ``xgblora-grad-bf16``: the same with the sketch's captured layer inputs held in bf16 (``sketch_input_dtype``);
+- ``xgblora-grad-bf16``: the same with the sketch's captured layer inputs held in bf16 (``sketch_input_dtype``), and
+  ``xgblora-grad-fp8`` in float8 with a scale per token;
 - ``peft-lora-r1-all``: plain PEFT LoRA r=1 (alpha 2) on every linear layer of every block, XGBLoRA's
   matched baseline in the quality benchmark: what rank-1 adapters cost when all blocks train at once;
 - ``floor``: the limit any adapter method could reach: the model's forward pass plus the backward pass
@@ -48,11 +49,17 @@ from review_text import review_token_rows
 from loraboost import BoostCallback, BoostConfig, Booster
 from loraboost.arms import ARMS as LIBRARY_ARMS
 
-ARMS = ("peft-lora", "lora", "xgblora", "xgblora-grad", "xgblora-grad-bf16", "cola", "peft-lora-r1-all", "floor")
+ARMS = (
+    "peft-lora", "lora", "xgblora", "xgblora-grad", "xgblora-grad-bf16", "xgblora-grad-fp8", "cola",
+    "peft-lora-r1-all", "floor",
+)  # fmt: skip
 GOALS = {"lora": 1.02, "xgblora": 1.0, "cola": 1.02}  # step time over the anchor's (issue 5)
 GRADIENT_ROUNDS = LIBRARY_ARMS["xgblora-grad"].boost  # the library's catalogue holds every booster arm's config
 # Gradient rounds whose sketch holds the captured layer inputs in bf16 (issue 33: the sketch's peak memory).
-BOOSTS = {"xgblora-grad-bf16": dict(GRADIENT_ROUNDS, sketch_input_dtype="bfloat16")}
+BOOSTS = {
+    "xgblora-grad-bf16": dict(GRADIENT_ROUNDS, sketch_input_dtype="bfloat16"),
+    "xgblora-grad-fp8": dict(GRADIENT_ROUNDS, sketch_input_dtype="float8_e4m3fn"),
+}
 GRADIENT_GOAL = 0.02  # extra training time of gradient rounds over a run at the default kappa (issue 19)
 
 

@@ -61,3 +61,23 @@ def test_an_adapter_higher_up_saves_less_for_backward_than_one_on_the_lowest_blo
     lowest = saved_memory.saved_for_backward_bytes(tiny_llama_with_adapter_on(0), batch)
     highest = saved_memory.saved_for_backward_bytes(tiny_llama_with_adapter_on(3), batch)
     assert 0 < highest < lowest
+
+
+def test_the_tensor_peak_is_the_most_bytes_alive_at_once_with_each_kind():
+    import tensor_memory
+
+    def work():
+        held = torch.ones(1024, 1024)  # 4 MiB alive while a second 4 MiB comes and goes
+        torch.ones(1024, 1024).sum()
+        del held
+        torch.ones(512, 1024).sum()  # 2 MiB later: not the peak
+
+    peak = tensor_memory.peak_tensor_bytes(work)
+    assert 8 * 2**20 <= peak["peak_bytes"] < 8 * 2**20 + 2**16
+    assert sum(peak["by_kind"].values()) == peak["peak_bytes"]
+    # A model's step: its parameters are counted as parameters, and its saved activations as activations.
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
+    x = torch.randn(512, 256)
+    peak = tensor_memory.peak_tensor_bytes(lambda: model(x).sum().backward())
+    assert peak["by_kind"]["parameter"] == sum(p.nbytes for p in model.parameters())
+    assert peak["by_kind"].get("activation", 0) >= 512 * 256 * 4  # the ReLU's output, saved for the last layer

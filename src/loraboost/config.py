@@ -58,7 +58,7 @@ MERGE_RESIDUALS = ("auto", "residual", "always", "never", "stochastic")
 MERGE_RESIDUAL_DTYPES = ("float32", "bfloat16")
 ROUND_INITS = ("random", "gradient", "gradient-step")
 LAYER_SELECTIONS = ("random", "gradient", "gradient-topk")
-SKETCH_INPUT_DTYPES = ("float32", "bfloat16")
+SKETCH_INPUT_DTYPES = ("float32", "bfloat16", "float8_e4m3fn")
 
 
 @dataclass
@@ -126,12 +126,13 @@ class BoostConfig:
             first step (LoRA-One's stable gamma; its default here, 64, is that paper's, not tuned).
         sketch_steps: optimizer steps at the end of each round whose gradient is sketched (``gradient`` only).
         sketch_oversample: p, the sketch's extra columns: it keeps k = rank + p columns of the gradient's range and
-            2k + 1 rows of its co-range, (k out + (2k + 1) in) numbers per module. The larger p, the closer its top
-            directions are to the exact SVD's (exact once k >= min(out, in); bench/sketch_accuracy.py measures how
-            close: at rank 1 and p = 4 they hold 41-74% of the top direction's energy on the capacity cell).
+            2k + 1 rows of its co-range: (3k + 1)(out + in) numbers per module with their test matrices. The larger
+            p, the closer its top directions are to the exact SVD's (exact once k >= min(out, in);
+            bench/sketch_accuracy.py measures how close: at rank 1 and p = 4 they hold 41-74% of the top direction's
+            energy on the capacity cell).
         sketch_input_dtype: what the sketch holds a captured layer input in until its backward: ``float32`` (the
-            input itself, exact) or ``bfloat16`` (a copy at half its fp32 bytes; directions to bf16's precision). A
-            live booster's input, which autograd keeps for its backward anyway, is always read as it is.
+            input itself, exact), ``bfloat16`` (a copy at half its fp32 bytes) or ``float8_e4m3fn`` (a quarter, with
+            a scale per token). A live booster's input, which autograd keeps for its backward anyway, is read as it is.
         fold_ledger: once a module's merged factors take more bytes than its fp32 weight (after T rounds of rank r,
             when T r > out in / (out + in)), replace them in the ledger by their sum, so the ledger never holds more
             than the adapted weights' fp32 bytes. Its cost: a checkpoint then also holds each folded module's merged

@@ -48,6 +48,8 @@ class RunOptions:
         learning_rate: the peak learning rate (default: the method's, e.g. 1e-2 for xgblora, 3e-3 for lora, 1e-4
             for full).
         lr_scheduler: the Trainer's schedule: linear, cosine, constant, ...
+        loraplus_lr_ratio: LoRA+ (Hayou et al. 2024): B's learning rate is this many times A's (PEFT's
+            create_loraplus_optimizer); None: one rate for both. Only for arms that train adapters.
         warmup_ratio: share of the steps spent warming up.
         save_steps: write a resumable checkpoint every this many steps.
         seed: seeds the splits, the data order, the new head and the booster's plan and initialisations.
@@ -81,6 +83,7 @@ class RunOptions:
     gradient_accumulation: int = 1
     learning_rate: float | None = None  # None: the arm's own (arms.ARMS)
     lr_scheduler: str = "linear"
+    loraplus_lr_ratio: float | None = None
     warmup_ratio: float = 0.05
     save_steps: int = 100
     seed: int = 0
@@ -123,6 +126,11 @@ class RunOptions:
             raise ValueError(f"learning_rate={self.learning_rate!r} is not valid; use a positive finite number.")
         if not (_is_number(self.epochs) and 0 < self.epochs < math.inf):
             raise ValueError(f"epochs={self.epochs!r} is not valid; use a positive number of passes (e.g. 1 or 0.5).")
+        ratio = self.loraplus_lr_ratio
+        if ratio is not None and not (_is_number(ratio) and math.isfinite(ratio) and ratio >= 1):
+            raise ValueError(
+                f"loraplus_lr_ratio={ratio!r} is not valid; use a number >= 1 (B's rate over A's), or None."
+            )
         if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
             raise ValueError(
                 f"warmup_ratio={self.warmup_ratio!r} is not valid; use a share of the steps from 0 up to (not "

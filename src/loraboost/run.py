@@ -131,8 +131,13 @@ def train(options: RunOptions, what: Arm | BoostConfig) -> dict[str, Any]:
     options = dataclasses.replace(options, **absolute_paths(options))  # run.json names them from anywhere
     out = Path(options.output)
     check_output(out, options.overwrite, options.resume)
-    model, tokenizer, task, splits = prepare(options, arm)
     boost = arm.booster_config(options.seed)
+    if options.loraplus_lr_ratio is not None and boost is None:
+        raise ValueError(
+            f"loraplus_lr_ratio={options.loraplus_lr_ratio!r} sets the rate of adapters' B factors, but {arm.name!r} "
+            "trains no adapters; leave it unset for this method."
+        )
+    model, tokenizer, task, splits = prepare(options, arm)
     if boost is not None and task.head and boost.modules_to_save is None:
         # The new classification head trains in every round and is saved with the adapter.
         boost = dataclasses.replace(boost, modules_to_save=[head_module_name(model)])
@@ -199,6 +204,7 @@ def _train_and_finish(options, arm, model, tokenizer, task, splits, booster, arg
         callbacks=callbacks,
         task=task,
         booster=booster,
+        loraplus_lr_ratio=options.loraplus_lr_ratio,
     )
     # Every step is logged to metrics.jsonl; the console gets one bar instead of a printed dict per step.
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import transformers
+from peft.optimizers import create_loraplus_optimizer
 
 from .booster import Booster
 from .errors import first_line
@@ -19,9 +20,21 @@ from .task import Task
 class TaskTrainer(transformers.Trainer):
     """The Trainer with the task's own loss (label-word cross-entropy at the answer position, or the model's)."""
 
-    def __init__(self, *args, task: Task, booster: Booster | None, **kwargs):
+    def __init__(self, *args, task: Task, booster: Booster | None, loraplus_lr_ratio: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.task, self.booster = task, booster
+        self.task, self.booster, self.loraplus_lr_ratio = task, booster, loraplus_lr_ratio
+
+    def create_optimizer(self, model=None):
+        # LoRA+: PEFT groups the adapters' B factors (and 1-d parameters) at ratio x the rate, A and the rest at it.
+        if self.optimizer is None and self.loraplus_lr_ratio is not None:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs = {**kwargs, "loraplus_weight_decay": self.args.weight_decay}
+            model = self.model if model is None else model
+            self.optimizer = create_loraplus_optimizer(
+                model, optimizer_cls, loraplus_lr_ratio=self.loraplus_lr_ratio, **kwargs
+            )
+            return self.optimizer
+        return super().create_optimizer(model)
 
     def log(self, logs, *args, **kwargs):
         # The round each step trained in, beside its loss: the reporters (TensorBoard, ...) plot it as a scalar.
