@@ -2,6 +2,7 @@
 plain LoRA and in a chain of boosters alike; a method without adapters refuses it before any file is written."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -45,3 +46,22 @@ def test_a_method_without_adapters_refuses_it_and_writes_nothing(tiny_model, cod
 def test_a_ratio_below_one_or_not_a_number_is_one_sentence(ratio):
     with pytest.raises(ValueError, match=r"loraplus_lr_ratio=.* is not valid; use a number >= 1"):
         RunOptions(loraplus_lr_ratio=ratio)
+
+
+def test_a_run_killed_mid_way_resumes_its_rate_groups_to_the_same_bytes(tiny_model, code_dir, tmp_path):  # noqa: F811
+    extra = ["--method", "cola", "--loraplus-lr-ratio", "16", "--max-steps", "4", "--save-steps", "2"]
+    done = tmp_path / "done"
+    assert main(lm_args(tiny_model, f"{code_dir}/**/*.py", done, *extra)) == 0
+    killed = tmp_path / "killed"  # as if killed after step 2's checkpoint: the Trainer reloads the grouped optimizer
+    shutil.copytree(done, killed)
+    for name in ("checkpoint-4", "adapter", "model"):
+        shutil.rmtree(killed / name, ignore_errors=True)
+    for name in ("summary.json", "booster_state.safetensors"):
+        (killed / name).unlink(missing_ok=True)
+    metrics = killed / "metrics.jsonl"  # step 1's row marked: a resume keeps it, a run from scratch would not
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([json.dumps({**json.loads(rows[0]), "marked": True}), *rows[1:]]) + "\n")
+    assert main([*lm_args(tiny_model, f"{code_dir}/**/*.py", killed, *extra), "--resume"]) == 0
+    assert json.loads(metrics.read_text().splitlines()[0]).get("marked")
+    adapter = "adapter/adapter_model.safetensors"
+    assert (killed / adapter).read_bytes() == (done / adapter).read_bytes()
