@@ -15,6 +15,7 @@ resumes where it stopped.
     python bench/quality.py --models smollm2 --tasks movie-reviews --methods lora-qv,xgblora,cola
     python bench/quality.py --models minilm --part ablations --ablations xgb-kappa100,xgb-oneround
     python bench/quality.py --quick               # a smoke run of the pipeline, minutes
+    python bench/quality.py ... --split-seed 0    # every seed on seed 0's splits: stds of the training alone
 
 Every method and ablation on both models and tasks takes over 10 hours on 2 CPU cores, so the default
 command runs a plan sized to about 3 hours and the rest runs when named. MiniLM trains two runs side by side
@@ -124,6 +125,12 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
+        "--split-seed",
+        type=int,
+        help="sample every seed's splits with this one seed (RunOptions.split_seed): the seeds then score the same "
+        "examples, and a row's std is the training's alone (default: each seed samples its own)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         help="runs side by side, each with cores/jobs torch threads (default: 2 for minilm, "
@@ -219,7 +226,7 @@ def main() -> None:
             )
         )
         try:
-            run_model(results, out, pool, model, chosen, sizes, seeds, quick=args.quick)
+            run_model(results, out, pool, model, chosen, sizes, seeds, quick=args.quick, split_seed=args.split_seed)
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -240,6 +247,7 @@ def run_model(
     sizes: dict,
     seeds: list[int],
     quick: bool,
+    split_seed: int | None = None,
 ) -> None:
     """On one model, ``chosen`` maps each task to its grid methods and ablations: first every grid cell of
     every task (side by side when there is a pool), then the ablations, each at its method's picked LR.
@@ -249,7 +257,9 @@ def run_model(
 
         build(CAPACITY_CELL)
     rows = {task: {r["name"]: r for r in results["grid"].get(f"{model} on {task}", [])} for task in chosen}
-    options = {task: cell_options(model, task, sizes, quick) for task in chosen}
+    options = {
+        task: dataclasses.replace(cell_options(model, task, sizes, quick), split_seed=split_seed) for task in chosen
+    }
     folder = {task: out / f"{model}-{task}" for task in chosen}
 
     jobs = {}

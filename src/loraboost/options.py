@@ -53,6 +53,8 @@ class RunOptions:
         warmup_ratio: share of the steps spent warming up.
         save_steps: write a resumable checkpoint every this many steps.
         seed: seeds the splits, the data order, the new head and the booster's plan and initialisations.
+        split_seed: seeds only the splits (train, validation, test and forget samples) when set: runs with different
+            seeds then train and score on the same examples, so their spread is the training's alone.
         output: the run folder (run.json, metrics.jsonl, checkpoints, adapter/, summary.json).
         overwrite: replace a finished run in --output (the old one stays until the new one finishes).
         resume: continue the run in --output from its newest complete checkpoint.
@@ -87,11 +89,17 @@ class RunOptions:
     warmup_ratio: float = 0.05
     save_steps: int = 100
     seed: int = 0
+    split_seed: int | None = None  # None: the seed
     output: str = "runs/run"
     overwrite: bool = False
     resume: bool = False
     report_to: list[str] = field(default_factory=list)
     eval_steps: int = 0
+
+    @property
+    def splits_seed(self) -> int:
+        """The seed the splits are sampled with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -136,8 +144,10 @@ class RunOptions:
                 f"warmup_ratio={self.warmup_ratio!r} is not valid; use a share of the steps from 0 up to (not "
                 "including) 1, e.g. 0.05."
             )
-        for name in ("validation_size", "seed"):
+        for name in ("validation_size", "seed", "split_seed"):
             value = getattr(self, name)
+            if value is None and name == "split_seed":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} is not valid; use a whole number >= 0.")
         for name in ("model", "data", "text_column", "label_column", "prompt_column", "response_column", "output"):

@@ -75,18 +75,18 @@ def prepare(options: RunOptions, arm: Arm | BoostConfig | None = None):
     require_columns(data, kind.columns(options))
     fitted = options.train_size is None or options.test_size is None
     sizes = fit_splits(options, len(data))
-    raw_splits = sample_splits(data, sizes, options.seed)  # checked before the (slow) model load
+    raw_splits = sample_splits(data, sizes, options.splits_seed)  # checked before the (slow) model load
     options.train_size, options.test_size = sizes["train"], sizes["test"]  # run.json keeps what was used
     if fitted:
         shown = " / ".join(f"{size} {name}" for name, size in sizes.items())
-        print(f"loraboost: splits of the {len(data)} examples: {shown} (seed {options.seed})", file=sys.stderr)
+        print(f"loraboost: splits of the {len(data)} examples: {shown} (seed {options.splits_seed})", file=sys.stderr)
     if options.forget_data:  # scored like test, on another data set: what the run lost elsewhere
         elsewhere = dataclasses.replace(options, data=options.forget_data)
         other = kind.load(elsewhere)
         require_columns(other, kind.columns(elsewhere))
-        raw_splits["forget"] = sample_splits(other, {"forget": min(options.test_size, len(other))}, options.seed)[
-            "forget"
-        ]
+        raw_splits["forget"] = sample_splits(
+            other, {"forget": min(options.test_size, len(other))}, options.splits_seed
+        )["forget"]
     if options.learning_rate is None and arm is not None:
         options.learning_rate = arm_of(arm).learning_rate
     classes = kind.classes(data, options)
