@@ -90,8 +90,9 @@ def bar_verdict(by_name: dict) -> str:
     gaps = [-d for d in paired(by_name, "full", "lora-all")]
     paired_std = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
     return (
-        text + f". Against the larger std of the two rows ({max(full['std'], lora['std']):.3f}, which holds the seeds' "
-        f"different test files) the bar is {'met' if unpaired else '**not met**'}; per seed on the same split the "
+        text + f". Against the larger std of the two rows ({max(full['std'], lora['std']):.3f}; it also holds the "
+        "seeds' different test files unless --split-seed fixed them) the bar is "
+        f"{'met' if unpaired else '**not met**'}; per seed on the same split the "
         f"gap is {statistics.fmean(gaps):.3f} +- {paired_std:.3f}, "
         + ("more than twice its std." if statistics.fmean(gaps) > 2 * paired_std else "**not** twice its std.")
     )
