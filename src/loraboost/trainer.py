@@ -1,5 +1,5 @@
 """The Trainer a run trains with: TaskTrainer (the task's own loss, the round in every log, a warm-up that never
-takes every step) and the TrainingArguments built from RunOptions, checked before any file is written."""
+takes every step, LoRA+'s rate groups when asked) and its TrainingArguments from RunOptions, checked before writing."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from .task import Task
 
 
 class TaskTrainer(transformers.Trainer):
-    """The Trainer with the task's own loss (label-word cross-entropy at the answer position, or the model's)."""
+    """The Trainer with the task's own loss (label-word cross-entropy at the answer position, or the model's) and,
+    with ``loraplus_lr_ratio``, PEFT's LoRA+ optimizer (B factors at that multiple of the rate)."""
 
     def __init__(self, *args, task: Task, booster: Booster | None, loraplus_lr_ratio: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
