@@ -27,7 +27,12 @@ import torch
 import transformers
 from speed import ARMS, build, real_batches
 from torch.profiler import ProfilerActivity, profile
+
+# torch's memory timeline is a private module (torch 2.13.0 here, pinned by the Makefile): its public export
+# (export_memory_timeline) writes only files, and is deprecated in favour of a CUDA-only snapshot.
 from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
+
+from loraboost.models import model_folder
 
 # The timeline's columns: one before the categories (never filled on CPU), then one per category, None last.
 KINDS = ["-", *(category.name.lower() if category else "unknown" for category in _CATEGORY_TO_INDEX)]
@@ -76,8 +81,6 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)
-    from loraboost.models import model_folder
-
     model_dir = model_folder(args.model)
     if args.arm_of:
         print(json.dumps(step_peaks(args.arm_of, model_dir, args.batch, args.length)))

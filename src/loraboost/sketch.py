@@ -79,7 +79,7 @@ class ScaledFloat8:
         return self.values.dtype
 
     def float(self) -> torch.Tensor:
-        return self.values.float() * self.scale
+        return self.values.float().mul_(self.scale)  # in place: one full-size fp32 temporary, not two
 
 
 class GradientSketcher:
